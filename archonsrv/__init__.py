@@ -1,0 +1,1 @@
+"""archonsrv package of beamline-servers."""

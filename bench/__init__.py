@@ -1,0 +1,1 @@
+"""Benchmarks of beamline-servers (``make bench``); figures are ratios against baselines."""

@@ -1,0 +1,1 @@
+"""marserver package of beamline-servers."""

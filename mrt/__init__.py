@@ -1,0 +1,1 @@
+"""mrt package of beamline-servers."""

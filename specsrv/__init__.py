@@ -1,0 +1,1 @@
+"""specsrv package of beamline-servers."""

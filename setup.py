@@ -2,12 +2,27 @@
 
 from glob import glob
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-CONSOLE_SCRIPTS = [
-    # common
-    "sendsockcmd = common.sendsockcmd:main",
-]
+# Console scripts, one list per package (each "NAME = module:function").
+COMMON = ["sendsockcmd = common.sendsockcmd:main"]
+
+# marserver
+MARSERVER: list[str] = []
+
+# specsrv, server-hardware (specsrv/hdw)
+SPECSRV_HDW: list[str] = []
+
+# specsrv, server mode
+SPECSRV: list[str] = []
+
+# archonsrv
+ARCHONSRV: list[str] = []
+
+# mrt
+MRT: list[str] = []
+
+CONSOLE_SCRIPTS = COMMON + MARSERVER + SPECSRV_HDW + SPECSRV + ARCHONSRV + MRT
 
 setup(
     name="beamline-servers",
@@ -18,8 +33,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
-    packages=["common", "marserver", "specsrv", "archonsrv", "mrt"],
-    package_data={"archonsrv": ["data/*"], "specsrv": ["data/*"], "mrt": ["data/*"]},
+    packages=find_packages(include=["common", "marserver*", "specsrv*", "archonsrv*", "mrt*"]),
+    package_data={"": ["data/*"]},
     install_requires=[
         "numpy",
         "pyzmq",
@@ -28,6 +43,12 @@ setup(
         "python-daemon",
         "lockfile",
         "setproctitle",
+        # FITS files for camerad: header cards, BZERO/BSCALE, extensions done right
+        "astropy",
+        # HDF5 filter 32008 (bitshuffle/LZ4) so h5py and users can read mr_t's files
+        "hdf5plugin",
+        # LZ4 block codec for the EIGER stream encodings (lz4<, bs*-lz4<)
+        "lz4",
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis", "ruff"],

@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 
-PACKAGES = ("common", "marserver", "specsrv", "archonsrv", "mrt")
+PACKAGES = ("common", "marserver", "specsrv.hdw", "specsrv", "archonsrv", "mrt")
 
 
 class Report:

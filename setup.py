@@ -4,7 +4,7 @@ from glob import glob
 
 from setuptools import find_packages, setup
 
-# Console scripts, one list per package (each "NAME = module:function").
+# Console scripts, one list per package (command name, then module:function).
 COMMON = ["sendsockcmd = common.sendsockcmd:main"]
 
 # marserver

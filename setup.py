@@ -11,7 +11,11 @@ COMMON = ["sendsockcmd = common.sendsockcmd:main"]
 MARSERVER: list[str] = []
 
 # specsrv, server-hardware (specsrv/hdw)
-SPECSRV_HDW: list[str] = []
+SPECSRV_HDW = [
+    "mca_server = specsrv.hdw.mca:main",
+    "img_server = specsrv.hdw.img:main",
+    "hdw-client = specsrv.hdw.client_cli:main",
+]
 
 # specsrv, server mode
 SPECSRV: list[str] = []

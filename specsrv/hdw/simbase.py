@@ -1,0 +1,97 @@
+"""What the two simulated devices share: the acquisition clock and data types.
+
+The ``run PRESET MODE`` semantics of the simulators: mode 1 (``mcount``)
+counts to a monitor preset, simulated as PRESET / ``monitor_rate`` seconds;
+modes 2 (``tcount``) and 4 (``xxx_par("run")``) count PRESET seconds; a
+preset of 0 (``move_cnt``, mode 3, or no preset set) counts until ``halt``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .device import MODE_MCOUNT, DeviceError, parse_number, type_name_arg
+from .protocol import dtype_for
+
+__all__ = ["Acquisition", "to_type", "type_name_arg"]
+
+DEFAULT_MONITOR_RATE = 10000.0
+
+
+class Acquisition:
+    """Run / halt / preset bookkeeping on a monotonic clock.
+
+    ``advance(now)`` returns the seconds of counting since the previous call
+    (never past the preset) so a device can add that much signal; it also
+    ends the run when the preset is reached.
+    """
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
+        self.running = False
+        self.preset_s = 0.0  # 0 = until halt
+        self.preset = 0.0
+        self.mode = 0
+        self.real_time = 0.0  # seconds counted since clear
+        self.monitor_rate = DEFAULT_MONITOR_RATE
+        self._last = 0.0
+        self._end = 0.0
+
+    def start(self, mode: int, preset: float) -> None:
+        seconds = preset / self.monitor_rate if mode == MODE_MCOUNT else preset
+        now = self.clock()
+        self.mode, self.preset, self.preset_s = mode, preset, seconds
+        self._last = now
+        self._end = now + seconds if seconds > 0 else float("inf")
+        self.running = True
+
+    def advance(self) -> float:
+        if not self.running:
+            return 0.0
+        now = self.clock()
+        upto = min(now, self._end)
+        dt = max(0.0, upto - self._last)
+        self._last = upto
+        self.real_time += dt
+        if now >= self._end:
+            self.running = False
+        return dt
+
+    def halt(self) -> float:
+        dt = self.advance()
+        self.running = False
+        return dt
+
+    def clear(self) -> None:
+        self.real_time = 0.0
+
+    def remaining(self) -> float:
+        if not self.running:
+            return 0.0
+        return max(0.0, self._end - self.clock())
+
+    def set_monitor_rate(self, text: str) -> None:
+        value = parse_number(text, "monitor_rate")
+        if not value > 0:
+            raise DeviceError("monitor_rate must be > 0")
+        self.monitor_rate = value
+
+
+def to_type(data: np.ndarray, type_name: str) -> np.ndarray:
+    """``data`` in the native type, saturating integers at the type's limits."""
+    dtype = dtype_for(type_name, "=")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if data.dtype.kind == "f":
+            data = np.rint(data)
+        data = np.clip(data, info.min, info.max)
+    return data.astype(dtype, copy=False)
+
+
+def positive_number(text: str, what: str) -> float:
+    value = parse_number(text, what)
+    if not (np.isfinite(value) and value > 0):
+        raise DeviceError(f"{what} must be a number > 0")
+    return value

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 
 from common.framing import OverlongLine
 from common.server import SocketReader
@@ -80,12 +79,3 @@ class Raw:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def wait_for(pred, timeout: float = 5.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())

@@ -15,7 +15,7 @@ from specsrv.hdw.client import Client
 from specsrv.hdw.device import McaDevice
 from specsrv.hdw.img import SimImage
 from specsrv.hdw.mca import SimMca
-from tests.hdw_helpers import LOOP, Raw, inproc, make_device, wait_for
+from tests.hdw_helpers import LOOP, Raw, inproc, make_device
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -211,4 +211,4 @@ def test_many_clients_at_once_and_connection_limit():
             assert over.sock.recv(1) == b""  # the fifth connection is closed at once
         for r in extra:
             r.close()
-        assert wait_for(lambda: srv.client_count() == 0)
+        assert procs.wait_until(lambda: srv.client_count() == 0)

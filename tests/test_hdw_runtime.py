@@ -13,7 +13,7 @@ from common import procs
 from common.lock import pid_alive, read_pid
 from specsrv.hdw import protocol as P
 from specsrv.hdw.client import Client
-from tests.hdw_helpers import LOOP, Raw, wait_for
+from tests.hdw_helpers import LOOP, Raw
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -59,19 +59,19 @@ def test_daemon_log_verbosity_and_kill(tmp_path, port):
     args = ("-p", port, "--bind", LOOP, "-L", str(lock), "-l", str(logf))
     res = procs.run(IMG, *args, "-d", "-v", "2", "-r", "32", "-c", "32", timeout=20)
     assert res.returncode == 0, res.stderr
-    assert wait_for(lambda: read_pid(lock) is not None)
+    assert procs.wait_until(lambda: read_pid(lock) is not None)
     pid = read_pid(lock)
     try:
         procs.wait_port(port)
         with Client(LOOP, port) as c:
             assert c.hello("img_server").pid == pid  # the daemon's PID, not the parent's
             assert c.config().text() == "ushort 32 32"
-        assert wait_for(lambda: "request 2 config" in logf.read_text())
+        assert procs.wait_until(lambda: "request 2 config" in logf.read_text())
         log = logf.read_text()
         assert "img_server started" in log and "daemon" in log
         kill = procs.run(IMG, *args, "-k", timeout=20)
         assert kill.returncode == 0, kill.stderr
-        assert wait_for(lambda: not pid_alive(pid))
+        assert procs.wait_until(lambda: not pid_alive(pid))
         assert not lock.exists()
     finally:
         if pid and pid_alive(pid):

@@ -39,6 +39,18 @@ def server_name(default: str, argv0: str | None = None) -> str:
     return base
 
 
+def add_port_option(parser, what: str) -> None:
+    """``-p PORT``, default 5000, for the servers and the client alike."""
+    parser.add_argument(
+        "-p",
+        dest="port",
+        metavar="PORT",
+        type=cli.port_number,
+        default=P.DEFAULT_PORT,
+        help=f"{what} (default {P.DEFAULT_PORT})",
+    )
+
+
 def build_parser(device_cls: type[Device], name: str):
     desc = (device_cls.__doc__ or "").strip().splitlines()
     kind = "MCA" if device_cls.ndim == 1 else "Image Device"
@@ -48,14 +60,7 @@ def build_parser(device_cls: type[Device], name: str):
         + f'\n\nspec connects to it as a "Server {kind}".',
         epilog=(device_cls.usage() or None),
     )
-    parser.add_argument(
-        "-p",
-        dest="port",
-        metavar="PORT",
-        type=cli.port_number,
-        default=P.DEFAULT_PORT,
-        help=f"TCP port to listen on (default {P.DEFAULT_PORT})",
-    )
+    add_port_option(parser, "TCP port to listen on")
     parser.add_argument(
         "-Q",
         dest="quit_on_goodbye",

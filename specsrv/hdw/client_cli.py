@@ -17,6 +17,7 @@ import numpy as np
 from common import cli
 
 from . import protocol as P
+from .cli import add_port_option
 from .client import Client, ConnectionClosed, HdwError
 
 EXIT_ERROR = 1
@@ -37,14 +38,7 @@ def build_parser():
         default="localhost",
         help="server host (default localhost)",
     )
-    p.add_argument(
-        "-p",
-        dest="port",
-        metavar="PORT",
-        type=cli.port_number,
-        default=P.DEFAULT_PORT,
-        help=f"server port (default {P.DEFAULT_PORT})",
-    )
+    add_port_option(p, "server port")
     p.add_argument(
         "-n",
         dest="name",

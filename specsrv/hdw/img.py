@@ -18,7 +18,7 @@ from common import cli
 
 from .cli import serve
 from .device import DataBlock, DeviceError, ImageDevice
-from .simbase import Acquisition, positive_number, to_type, type_name_arg
+from .simbase import SimDevice, positive_float, positive_number, to_type
 
 MAX_SIDE = 16384
 DARK = 10.0  # counts per pixel in every frame
@@ -49,21 +49,18 @@ def diffraction_pattern(rows: int, cols: int, centre: tuple[float, float]) -> np
     return img
 
 
-class SimImage(ImageDevice):
+class SimImage(SimDevice, ImageDevice):
     """Simulated 2-D detector: diffraction rings with noise, any ROI."""
 
     name = "img_server"
     writable = True
     select_poll_interval = 0.05
+    default_type = "ushort"
 
     def __init__(self) -> None:
         super().__init__()
-        self.type_name = "ushort"
         self.shape = (512, 512)
         self.flux = 1000.0
-        self.rng = np.random.default_rng()
-        self.acq = Acquisition()
-        self.centre = (0.48 * 512, 0.52 * 512)
         self.frames = 0
         self.exposure = 0.0
         self._alloc()
@@ -72,69 +69,34 @@ class SimImage(ImageDevice):
         rows, cols = self.shape
         self.centre = (0.48 * rows, 0.52 * cols)
         self.pattern = diffraction_pattern(rows, cols, self.centre)
-        self.image = np.zeros(self.shape, dtype=np.dtype(self.type_name_dtype()))
-
-    def type_name_dtype(self) -> np.dtype:
-        return to_type(np.zeros(1), self.type_name).dtype
+        self.image = to_type(np.zeros(self.shape, dtype=np.uint8), self.type_name)
 
     # -- command line -----------------------------------------------------------
     @classmethod
     def add_arguments(cls, parser) -> None:
-        parser.add_argument(
-            "-r",
-            dest="rows",
-            metavar="ROWS",
-            type=side,
-            default=512,
-            help="image rows (default 512)",
-        )
-        parser.add_argument(
-            "-c",
-            dest="cols",
-            metavar="COLS",
-            type=side,
-            default=512,
-            help="image columns (default 512)",
-        )
-        parser.add_argument(
-            "-t",
-            dest="type_name",
-            metavar="TYPE",
-            type=type_name_arg,
-            default="ushort",
-            help="native data type (default ushort)",
-        )
+        for flag, dest, what in (("-r", "rows", "rows"), ("-c", "cols", "columns")):
+            parser.add_argument(
+                flag,
+                dest=dest,
+                metavar=dest.upper(),
+                type=side,
+                default=512,
+                help=f"image {what} (default 512)",
+            )
         parser.add_argument(
             "-f",
             dest="flux",
             metavar="FLUX",
-            type=float,
+            type=positive_float,
             default=1000.0,
             help="photons per second in the brightest ring pixel (default 1000)",
         )
-        parser.add_argument(
-            "-s",
-            dest="seed",
-            metavar="SEED",
-            type=int,
-            default=None,
-            help="seed of the random numbers, for repeatable images",
-        )
-
-    @classmethod
-    def usage(cls) -> str:
-        return (
-            "parameters (get/set): flux monitor_rate beam_center; "
-            "read only: exposure frames sum max"
-        )
+        super().add_arguments(parser)
 
     def parse_args(self, args) -> None:
-        if not (args.flux > 0 and np.isfinite(args.flux)):
-            raise DeviceError("flux must be > 0")
-        self.type_name = args.type_name
+        super().parse_args(args)
         self.shape = (args.rows, args.cols)
         self.flux = args.flux
-        self.rng = np.random.default_rng(args.seed)
         self._alloc()
 
     def description(self) -> str:
@@ -178,60 +140,47 @@ class SimImage(ImageDevice):
         self._advance()
         return int(self.acq.running)
 
-    def _check_addr(self, addr: int) -> None:
+    def check_addr(self, addr: int) -> None:
         if addr > 0:
             raise DeviceError(f"no sub-address {addr}: this detector has one module (0)")
 
     def send_data(self, addr: int, block: DataBlock) -> None:
         self._advance()
-        self._check_addr(addr)
+        self.check_addr(addr)
         # a view: frames are replaced, never changed in place, so it stays valid
         block.data = self.image[block.region.slices()]
 
     def receive_data(self, addr: int, block: DataBlock) -> None:
-        self._check_addr(addr)
+        self.check_addr(addr)
         image = self.image.copy()
         image[block.region.slices()] = to_type(block.data, self.type_name)
         self.image = image
 
-    def pars(self, addr: int, how: int, cmd: str, args: list[str]) -> str:
-        self._advance()
-        self._check_addr(addr)
-        if how == 1:
-            if cmd == "flux" and len(args) == 1:
-                self.flux = positive_number(args[0], "flux")
-                return f"{self.flux:g}"
-            if cmd == "monitor_rate" and len(args) == 1:
-                self.acq.set_monitor_rate(args[0])
-                return f"{self.acq.monitor_rate:g}"
-            if cmd == "beam_center" and len(args) == 2:
-                y, x = (positive_number(a, "beam_center") for a in args)
-                self.centre = (y, x)
-                self.pattern = diffraction_pattern(*self.shape, self.centre)
-                return f"{y:g} {x:g}"
-            if cmd in ("flux", "monitor_rate", "beam_center"):
-                raise DeviceError(
-                    f"usage: set {cmd} {'ROW COL' if cmd == 'beam_center' else 'VALUE'}"
-                )
-            if cmd in ("exposure", "frames", "sum", "max"):
-                raise DeviceError(f"{cmd} is read-only")
-            raise DeviceError(f"unknown parameter {cmd!r}")
-        if args:
-            raise DeviceError(f"usage: get {cmd}")
-        values = {
+    # -- parameters ------------------------------------------------------------------
+    def getters(self, addr: int):
+        img = self.image
+        return {
+            **super().getters(addr),
             "flux": lambda: f"{self.flux:g}",
-            "monitor_rate": lambda: f"{self.acq.monitor_rate:g}",
             "beam_center": lambda: "{:g} {:g}".format(*self.centre),
             "exposure": lambda: f"{self.exposure:.3f}",
             "frames": lambda: str(self.frames),
-            "sum": lambda: f"{self.image.sum(dtype=np.float64):.15g}",
-            "max": lambda: (
-                f"{self.image.max():g}" if self.image.dtype.kind == "f" else str(self.image.max())
-            ),
+            "sum": lambda: f"{img.sum(dtype=np.float64):.15g}",
+            "max": lambda: f"{img.max():g}" if img.dtype.kind == "f" else str(img.max()),
         }
-        if cmd not in values:
-            raise DeviceError(f"unknown parameter {cmd!r}")
-        return values[cmd]()
+
+    def setters(self, addr: int):
+        def flux(values: list[str]) -> str:
+            self.flux = positive_number(values[0], "flux")
+            return f"{self.flux:g}"
+
+        def beam_center(values: list[str]) -> str:
+            y, x = (positive_number(v, "beam_center") for v in values)
+            self.centre = (y, x)
+            self.pattern = diffraction_pattern(*self.shape, self.centre)
+            return f"{y:g} {x:g}"
+
+        return {**super().setters(addr), "flux": (1, flux), "beam_center": (2, beam_center)}
 
 
 def main(argv: list[str] | None = None) -> int:

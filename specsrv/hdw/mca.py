@@ -19,7 +19,7 @@ from common import cli
 
 from .cli import serve
 from .device import DataBlock, DeviceError, McaDevice
-from .simbase import Acquisition, positive_number, to_type, type_name_arg
+from .simbase import SimDevice, positive_float, positive_number, to_type
 
 MAX_CHANNELS = 65536
 #: peak positions as fractions of the channel range, and relative heights
@@ -31,6 +31,13 @@ def channel_count(text: str) -> int:
     value = cli.positive_int(text)
     if value > MAX_CHANNELS:
         raise argparse.ArgumentTypeError(f"at most {MAX_CHANNELS} channels")
+    return value
+
+
+def element_count(text: str) -> int:
+    value = cli.positive_int(text)
+    if value > 64:
+        raise argparse.ArgumentTypeError("at most 64 elements")
     return value
 
 
@@ -46,21 +53,19 @@ def spectrum_shape(chans: int, element: int) -> np.ndarray:
     return shape / shape.sum()
 
 
-class SimMca(McaDevice):
+class SimMca(SimDevice, McaDevice):
     """Simulated MCA: Poisson-noisy peaks on a background, N elements."""
 
     name = "mca_server"
     writable = True
     select_poll_interval = 0.1
+    default_type = "long"
 
     def __init__(self) -> None:
         super().__init__()
-        self.type_name = "long"
         self.shape = (1024,)
         self.elements = 4
         self.rate = 20000.0
-        self.rng = np.random.default_rng()
-        self.acq = Acquisition()
         self._alloc()
 
     def _alloc(self) -> None:
@@ -80,18 +85,10 @@ class SimMca(McaDevice):
             help="channels per element (default 1024)",
         )
         parser.add_argument(
-            "-t",
-            dest="type_name",
-            metavar="TYPE",
-            type=type_name_arg,
-            default="long",
-            help="native data type (default long)",
-        )
-        parser.add_argument(
             "-e",
             dest="elements",
             metavar="N",
-            type=cli.positive_int,
+            type=element_count,
             default=4,
             help="detector elements, sub-addresses 0 to N-1 (default 4)",
         )
@@ -99,36 +96,17 @@ class SimMca(McaDevice):
             "-r",
             dest="rate",
             metavar="CPS",
-            type=float,
+            type=positive_float,
             default=20000.0,
             help="counts per second per element while running (default 20000)",
         )
-        parser.add_argument(
-            "-s",
-            dest="seed",
-            metavar="SEED",
-            type=int,
-            default=None,
-            help="seed of the random numbers, for repeatable spectra",
-        )
-
-    @classmethod
-    def usage(cls) -> str:
-        return (
-            "parameters (get/set): rate monitor_rate; "
-            "read only: real_time live_time preset total elements"
-        )
+        super().add_arguments(parser)
 
     def parse_args(self, args) -> None:
-        if args.elements > 64:
-            raise DeviceError("at most 64 elements")
-        if not (args.rate > 0 and np.isfinite(args.rate)):
-            raise DeviceError("rate must be > 0")
-        self.type_name = args.type_name
+        super().parse_args(args)
         self.shape = (args.channels,)
         self.elements = args.elements
         self.rate = args.rate
-        self.rng = np.random.default_rng(args.seed)
         self._alloc()
 
     def description(self) -> str:
@@ -147,6 +125,9 @@ class SimMca(McaDevice):
         if e >= self.elements:
             raise DeviceError(f"no element {addr}: this MCA has elements 0 to {self.elements - 1}")
         return e
+
+    def check_addr(self, addr: int) -> None:
+        self._element(addr)
 
     def select_poll(self) -> None:
         self._advance()
@@ -176,37 +157,25 @@ class SimMca(McaDevice):
         e = self._element(addr)
         self.counts[e][block.region.slices()] = block.data.astype(np.float64)
 
-    def pars(self, addr: int, how: int, cmd: str, args: list[str]) -> str:
-        self._advance()
-        if how == 1:
-            if len(args) != 1:
-                raise DeviceError(f"usage: set {cmd} VALUE")
-            if cmd == "rate":
-                self.rate = positive_number(args[0], "rate")
-                return f"{self.rate:g}"
-            if cmd == "monitor_rate":
-                self.acq.set_monitor_rate(args[0])
-                return f"{self.acq.monitor_rate:g}"
-            if cmd in ("real_time", "live_time", "preset", "total", "elements"):
-                raise DeviceError(f"{cmd} is read-only")
-            raise DeviceError(f"unknown parameter {cmd!r}")
-        if args:
-            raise DeviceError(f"usage: get {cmd}")
-        if cmd == "rate":
+    # -- parameters ------------------------------------------------------------------
+    def getters(self, addr: int):
+        acq = self.acq
+        return {
+            **super().getters(addr),
+            "rate": lambda: f"{self.rate:g}",
+            "real_time": lambda: f"{acq.real_time:.3f}",
+            "live_time": lambda: f"{acq.real_time / (1 + self.rate * DEAD_TIME_PER_COUNT):.3f}",
+            "preset": lambda: f"{acq.preset:g}",
+            "total": lambda: str(int(self.counts[self._element(addr)].sum())),
+            "elements": lambda: str(self.elements),
+        }
+
+    def setters(self, addr: int):
+        def rate(values: list[str]) -> str:
+            self.rate = positive_number(values[0], "rate")
             return f"{self.rate:g}"
-        if cmd == "monitor_rate":
-            return f"{self.acq.monitor_rate:g}"
-        if cmd == "real_time":
-            return f"{self.acq.real_time:.3f}"
-        if cmd == "live_time":
-            return f"{self.acq.real_time / (1 + self.rate * DEAD_TIME_PER_COUNT):.3f}"
-        if cmd == "preset":
-            return f"{self.acq.preset:g}"
-        if cmd == "total":
-            return str(int(self.counts[self._element(addr)].sum()))
-        if cmd == "elements":
-            return str(self.elements)
-        raise DeviceError(f"unknown parameter {cmd!r}")
+
+        return {**super().setters(addr), "rate": (1, rate)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,7 @@ setup(
     data_files=[
         ("share/man/man1", sorted(glob("man/*.1"))),
         ("share/man/man5", sorted(glob("man/*.5"))),
+        ("share/man/man7", sorted(glob("man/*.7"))),
     ],
     classifiers=[
         "Programming Language :: Python :: 3",

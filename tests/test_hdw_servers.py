@@ -253,3 +253,29 @@ def test_goodbye_gets_no_reply(port, spawn):
         assert raw.nothing_within(0.3)
     with Raw(port) as raw:
         assert raw.ask(1, "get_status").text == "0"
+
+
+def man_page_example() -> str:
+    """The Python example in specsrv-hdw(7), as mandoc renders it."""
+    page = (procs.ROOT / "man" / "specsrv-hdw.7").read_text()
+    block = page.split(".Sh WRITING A DEVICE SERVER", 1)[1].split(
+        ".Bd -literal -offset indent\n", 1
+    )[1]
+    return block.split("\n.Ed\n", 1)[0].replace("\\e", "\\")
+
+
+def test_the_man_page_example_device_works():
+    namespace: dict = {"__name__": "example"}
+    exec(compile(man_page_example(), "specsrv-hdw.7", "exec"), namespace)  # noqa: S102
+    counter = namespace["Counter"]()
+    with inproc(counter) as srv, Client(LOOP, srv.port) as c:
+        assert c.hello("scaler_server").description == "Scaler card"
+        assert c.config() == P.Config("ulong", (8,))
+        c.run(1, 4)
+        assert c.status() == 1
+        c.halt()
+        assert c.status() == 0
+        assert c.get("gate") == "1"
+        assert c.read(0, 7).tolist() == [0] * 8
+        with pytest.raises(HdwError, match="unknown parameter"):
+            c.get("other")

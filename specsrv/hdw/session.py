@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.log import TRACE
+
 from . import protocol as P
 from .device import DataBlock, Device, DeviceError
 
@@ -281,6 +283,8 @@ class Session:
             wire = P.to_wire(block.data, block.type_name, self.order)
         text = P.read_reply_text(region.npts, block.type_name, dev.ndim)
         log.debug("%s: read %s: %d bytes follow", self.peer, region.args(), wire.nbytes)
+        if log.isEnabledFor(TRACE):
+            log.log(TRACE, "%s: data begin %s", self.peer, bytes(wire[:32]).hex(" "))
         return Outcome([P.format_reply(req.sn, text), wire])
 
     def _cmd_write(self, req: P.Request) -> Outcome:
@@ -308,4 +312,11 @@ class Session:
         with self._locked():
             self.shared.device.receive_data(pend.addr, block)
         log.debug("%s: write %s stored", self.peer, block.region.args())
+        if log.isEnabledFor(TRACE):
+            log.log(
+                TRACE,
+                "%s: data began %s",
+                self.peer,
+                bytes(memoryview(pend.buffer).cast("B")[:32]).hex(" "),
+            )
         return self._reply(req.sn)

@@ -345,3 +345,37 @@ def test_session_short_write_is_dropped_with_an_error():
     err = P.parse_reply(bytes(out2.out[0]).rstrip(b"\n"))
     assert err.sn == 2 and not err.ok and "short write" in err.text
     assert s.shared.device.data.tolist() == list(range(8))
+
+
+request_lines = st.one_of(
+    st.binary(max_size=80),
+    st.builds(
+        lambda sn, words: b"=: %d %s" % (sn, " ".join(words).encode()),
+        st.integers(0, 50),
+        st.lists(
+            st.sampled_from(
+                ["hello", "toy", "config", "run", "halt", "get_status", "get", "set", "gain",
+                 "read", "write", "xfer_done", "clear", "byte_order", "big", "a=0.1", "a=x",
+                 "0", "7", "8", "-1", "1e400", "nan", "x", "goodbye", "1", "frob"]
+            ),
+            max_size=6,
+        ),
+    ),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(request_lines, max_size=20))
+def test_session_answers_any_input_without_exceptions(lines):
+    """Whatever arrives, each request with a new SN gets one well-formed reply or none."""
+    s = session()
+    for line in lines:
+        ev = P.parse_request(line)
+        out = s.handle(ev)
+        if out.receive is not None:
+            out.receive[:] = bytes(len(out.receive))
+            s.write_finished(len(out.receive), b"")
+        for piece in out.out[:1]:
+            rep = P.parse_reply(bytes(piece).rstrip(b"\n"))
+            assert isinstance(ev, P.Request | P.BadRequest) and rep.sn == ev.sn
+    assert s.shared.device.data.dtype == np.int16 and s.shared.device.data.shape == (8,)

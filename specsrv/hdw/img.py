@@ -56,6 +56,7 @@ class SimImage(SimDevice, ImageDevice):
     writable = True
     select_poll_interval = 0.05
     default_type = "ushort"
+    kind = "image"
 
     def __init__(self) -> None:
         super().__init__()

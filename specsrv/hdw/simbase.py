@@ -123,6 +123,8 @@ class SimDevice(Device):
     """
 
     default_type = "long"
+    #: the one value ``-u`` accepts (spec's example starts img_server with ``-u image``)
+    kind = "mca"
 
     def __init__(self) -> None:
         super().__init__()
@@ -147,6 +149,14 @@ class SimDevice(Device):
             type=int,
             default=None,
             help="seed of the random numbers, for repeatable data",
+        )
+        parser.add_argument(
+            "-u",
+            dest="kind",
+            metavar="KIND",
+            choices=[cls.kind],
+            default=cls.kind,
+            help=f"device kind, only {cls.kind} (accepted for spec's example configurations)",
         )
 
     def parse_args(self, args) -> None:

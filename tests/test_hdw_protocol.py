@@ -379,3 +379,58 @@ def test_session_answers_any_input_without_exceptions(lines):
             rep = P.parse_reply(bytes(piece).rstrip(b"\n"))
             assert isinstance(ev, P.Request | P.BadRequest) and rep.sn == ev.sn
     assert s.shared.device.data.dtype == np.int16 and s.shared.device.data.shape == (8,)
+
+
+# -- review fixes ---------------------------------------------------------------------------
+
+
+def test_fit_to_type_never_wraps_truncates_or_rounds():
+    assert P.fit_to_type(np.array([2**64 - 1, 5], dtype=object), "ulong64").tolist() == [
+        2**64 - 1,
+        5,
+    ]
+    assert P.fit_to_type([1.0, -2.0], "long").dtype == np.dtype("=i4")
+    assert P.fit_to_type([0.5, -1e300], "double").tolist() == [0.5, -1e300]
+    assert P.fit_to_type(np.zeros(0), "ubyte").dtype == np.uint8
+    for values, type_name, msg in (
+        ([-1], "ulong", "0 to 4294967295"),
+        (np.array([-1]), "ushort", "0 to 65535"),
+        ([256], "ubyte", "0 to 255"),
+        ([1.5], "long", "whole numbers"),
+        ([float("nan")], "short", "whole numbers"),
+        ([2**63], "long64", "to 9223372036854775807"),
+        (np.array([2.0**63]), "long64", "to 9223372036854775807"),
+        (["1"], "long", "numbers"),
+    ):
+        with pytest.raises(P.ProtocolError, match=msg):
+            P.fit_to_type(values, type_name)
+
+
+class RetypingMca(Toy):
+    """An MCA whose send_data hands over doubles and names them (wrongly) as such."""
+
+    def send_data(self, addr, block: DataBlock):
+        block.data = self.data[block.region.slices()].astype(np.float64)
+        block.type_name = "double"
+
+
+def test_mca_read_data_travel_in_the_native_type():
+    """The MCA read reply names no type, so the data must be the config type."""
+    s = Session(Shared(RetypingMca(), "toy", "host", 42))
+    rep, out = reply_of(s, b"=: 1 read 2 5")
+    assert rep.text == "4"
+    assert bytes(out.out[1]) == np.arange(2, 6, dtype="<i2").tobytes()
+
+
+def test_mca_read_is_a_snapshot_for_every_type():
+    """send_data's array leaves the lock: it must not change with the spectrum."""
+    from specsrv.hdw.mca import SimMca
+    from tests.hdw_helpers import make_device
+
+    for type_name in sorted(P.DATA_TYPES):
+        dev = make_device(SimMca, "-t", type_name, "-n", "16", "-e", "1")
+        dev.counts[0][:] = 3
+        block = DataBlock(P.parse_region(["0", "15"], (16,)), type_name)
+        dev.send_data(-1, block)
+        dev.clear(-1)
+        assert block.data.tolist() == [3] * 16, type_name

@@ -112,3 +112,27 @@ def test_exit_command(tmp_path, port, spawn):
         assert raw.reader.read_exact(0) == b"" and raw.sock.recv(10) == b""  # then it closes
     assert p.wait(10) == 0
     assert not (tmp_path / "l").exists()
+
+
+def test_daemon_without_l_logs_to_tmp_name_port_log(tmp_path, port):
+    """The seed: a daemon with no -l logs to /tmp/NAME-PORT.log (opened to append)."""
+    logf = f"/tmp/mca_server-{port}.log"
+    lock = tmp_path / "mca.lock"
+    with open(logf, "w") as f:
+        f.write("earlier line\n")
+    pid = None
+    try:
+        res = procs.run(MCA, "-p", port, "--bind", LOOP, "-L", str(lock), "-d", "-v", "1",
+                        timeout=20)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert procs.wait_until(lambda: read_pid(lock) is not None)
+        pid = read_pid(lock)
+        procs.wait_port(port)
+        assert procs.wait_until(lambda: "mca_server started" in open(logf).read())
+        assert open(logf).read().startswith("earlier line\n")
+        assert procs.run(MCA, "-p", port, "-L", str(lock), "-k", timeout=20).returncode == 0
+        assert procs.wait_until(lambda: not pid_alive(pid))
+    finally:
+        if pid and pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        os.unlink(logf)

@@ -10,6 +10,7 @@ import pytest
 from common import procs
 from specsrv.hdw import protocol as P
 from specsrv.hdw.client import Client, HdwError
+from specsrv.hdw.device import McaDevice
 from specsrv.hdw.img import DARK, SimImage
 from specsrv.hdw.mca import SimMca
 from tests.hdw_helpers import LOOP, Raw, inproc, make_device
@@ -251,6 +252,7 @@ def test_goodbye_gets_no_reply(port, spawn):
         raw.send(b"=: 2 goodbye 0\n")
         assert raw.reader.read_exact(0) == b""
         assert raw.nothing_within(0.3)
+        assert raw.sock.recv(64) == b""  # no reply at all: the server just closed
     with Raw(port) as raw:
         assert raw.ask(1, "get_status").text == "0"
 
@@ -279,3 +281,54 @@ def test_the_man_page_example_device_works():
         assert c.read(0, 7).tolist() == [0] * 8
         with pytest.raises(HdwError, match="unknown parameter"):
             c.get("other")
+
+
+def test_client_write_refuses_values_the_native_type_cannot_hold():
+    dev = make_device(SimMca, "-t", "ushort", "-n", "8", "-e", "1")
+    with inproc(dev) as srv, Client(LOOP, srv.port) as c:
+        c.write(0, 2, [1, 2, 65535])
+        for bad in ([-1, 0, 0], [0, 65536, 0], [0.5, 1, 2]):
+            with pytest.raises(P.ProtocolError):
+                c.write(0, 2, bad)
+        # nothing was sent: the connection is in step and the data unchanged
+        assert c.read(0, 2).tolist() == [1, 2, 65535]
+
+
+class Store64(McaDevice):
+    """Four ulong64 channels kept exactly (the simulators keep float64 counts)."""
+
+    name = "store64"
+    writable = True
+
+    def __init__(self):
+        super().__init__()
+        self.type_name, self.shape = "ulong64", (4,)
+        self.data = np.zeros(4, dtype=np.uint64)
+
+    def send_data(self, addr, block):
+        block.data = self.data[block.region.slices()].copy()
+
+    def receive_data(self, addr, block):
+        self.data[block.region.slices()] = block.data
+
+
+def test_hdw_client_writes_64_bit_values_exactly():
+    dev = Store64()
+    with inproc(dev) as srv:
+
+        def cli(*args, input=None):
+            return procs.run("specsrv.hdw.client_cli", "-H", LOOP, "-p", srv.port, *args,
+                             input=input)  # fmt: skip
+
+        values = [2**64 - 1, 2**63 + 5, 2**53 + 1, 7]
+        res = cli("write", "0", "3", input=" ".join(map(str, values)).encode())
+        assert res.returncode == 0, res.stderr
+        assert dev.data.tolist() == values
+        assert cli("read", "0", "3").stdout.decode().split() == list(map(str, values))
+        for text, msg in ((b"1.5 2 3 4", b"whole numbers"), (b"1 x 3 4", b"not a number"),
+                          (b"-1 0 0 0", b"must lie in"),
+                          (f"{2**64} 0 0 0".encode(), b"must lie in")):  # fmt: skip
+            res = cli("write", "0", "3", input=text)
+            assert res.returncode == 1 and msg in res.stderr, res.stderr
+        assert dev.data.tolist() == values
+        assert cli("-t", "0", "get_status").returncode == 2

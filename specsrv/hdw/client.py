@@ -154,10 +154,9 @@ class Client:
             self.reader.read_into(memoryview(data).cast("B"))
         self.request("xfer_done")
         data = data.astype(data.dtype.newbyteorder("="), copy=False)
-        if len(bounds) == 4:
-            shape = (bounds[1] - bounds[0] + 1, bounds[3] - bounds[2] + 1)
-            if shape[0] * shape[1] == npts:
-                return data.reshape(shape)
+        region = _region(bounds)
+        if len(bounds) == 4 and region.npts == npts:
+            return data.reshape(region.shape)
         return data
 
     def read(self, first: int, last: int, addr: int | str | None = None) -> np.ndarray:
@@ -169,8 +168,8 @@ class Client:
     def write_region(self, data, *bounds: int, addr: int | str | None = None) -> None:
         """``write`` + ``okay NPTS`` + binary data in the native type + ``xfer_done``."""
         type_name = self._native()
-        arr = np.asarray(data).reshape(-1)
-        want = P.Region(tuple(zip(bounds[::2], bounds[1::2], strict=True))).npts
+        arr = P.fit_to_type(np.asarray(data).reshape(-1), type_name)
+        want = _region(bounds).npts
         if arr.size != want:
             raise ValueError(f"region {bounds} holds {want} points, data has {arr.size}")
         npts = P.parse_write_reply(self.request("write", *bounds, addr=addr))
@@ -184,6 +183,11 @@ class Client:
 
     def write_image(self, row_beg, row_end, col_beg, col_end, data, addr=None) -> None:
         self.write_region(data, row_beg, row_end, col_beg, col_end, addr=addr)
+
+
+def _region(bounds: tuple[int, ...]) -> P.Region:
+    """The inclusive region of ``read``/``write`` bounds (FIRST LAST or four)."""
+    return P.Region(tuple(zip(bounds[::2], bounds[1::2], strict=True)))
 
 
 __all__ = ["Client", "ConnectionClosed", "HdwError"]

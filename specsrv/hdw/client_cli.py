@@ -17,7 +17,7 @@ import numpy as np
 from common import cli
 
 from . import protocol as P
-from .cli import add_port_option
+from .cli import add_port_option, positive_float
 from .client import Client, ConnectionClosed, HdwError
 
 EXIT_ERROR = 1
@@ -57,7 +57,7 @@ def build_parser():
         "-t",
         dest="timeout",
         metavar="SECONDS",
-        type=float,
+        type=positive_float,
         default=10.0,
         help="socket timeout, and the longest wait (default 10)",
     )
@@ -114,6 +114,22 @@ def _region(args: list[str]) -> list[int]:
         raise P.ProtocolError("read/write bounds must be whole numbers") from None
 
 
+def _number(word: str) -> int | float:
+    try:
+        return int(word)
+    except ValueError:
+        pass
+    try:
+        return float(word)
+    except ValueError:
+        raise P.ProtocolError(f"write data: not a number: {word!r}") from None
+
+
+def numbers(words: list[str]) -> np.ndarray:
+    """Values typed as text, exact: whole numbers stay Python ints (64-bit safe)."""
+    return np.array([_number(w) for w in words], dtype=object)
+
+
 def run_command(c: Client, words: list[str], args) -> str | None:
     cmd, rest = words[0], words[1:]
     if cmd == "wait":
@@ -131,7 +147,7 @@ def run_command(c: Client, words: list[str], args) -> str | None:
         if args.input:
             data = np.load(args.input)
         else:
-            data = np.array(sys.stdin.read().split(), dtype=np.float64)
+            data = numbers(sys.stdin.read().split())
         c.write_region(data, *bounds, addr=args.addr)
         return None
     if cmd == "config":

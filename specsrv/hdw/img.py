@@ -16,9 +16,9 @@ import numpy as np
 
 from common import cli
 
-from .cli import serve
+from .cli import positive_float, serve
 from .device import DataBlock, DeviceError, ImageDevice
-from .simbase import SimDevice, positive_float, positive_number, to_type
+from .simbase import SimDevice, positive_number, to_type
 
 MAX_SIDE = 16384
 DARK = 10.0  # counts per pixel in every frame

@@ -17,9 +17,9 @@ import numpy as np
 
 from common import cli
 
-from .cli import serve
+from .cli import positive_float, serve
 from .device import DataBlock, DeviceError, McaDevice
-from .simbase import SimDevice, positive_float, positive_number, to_type
+from .simbase import SimDevice, positive_number, to_type
 
 MAX_CHANNELS = 65536
 #: peak positions as fractions of the channel range, and relative heights
@@ -151,7 +151,10 @@ class SimMca(SimDevice, McaDevice):
     def send_data(self, addr: int, block: DataBlock) -> None:
         self._advance()
         e = self._element(addr)
-        block.data = to_type(self.counts[e][block.region.slices()], self.type_name)
+        data = to_type(self.counts[e][block.region.slices()], self.type_name)
+        # the data are sent after the lock is released, while select_poll keeps
+        # adding counts in place: send a snapshot, never a view (type double)
+        block.data = data.copy() if np.shares_memory(data, self.counts) else data
 
     def receive_data(self, addr: int, block: DataBlock) -> None:
         e = self._element(addr)

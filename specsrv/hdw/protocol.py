@@ -265,9 +265,13 @@ class RequestStream:
         return n
 
 
+#: how many of the last bytes of a short ``write`` are searched for ``xfer_done``
+XFER_DONE_TAIL = 128
+
+
 def xfer_done_in_tail(data: bytes) -> int | None:
     """SN of an ``=: SN xfer_done`` line ending ``data`` (a short ``write``)."""
-    m = _XFER_DONE_TAIL_RE.search(data[-128:])
+    m = _XFER_DONE_TAIL_RE.search(data[-XFER_DONE_TAIL:])
     return int(m.group(1)) if m else None
 
 
@@ -421,6 +425,41 @@ def parse_write_reply(text: str) -> int:
     if len(words) != 2 or words[0] != "okay" or not words[1].isdigit():
         raise ProtocolError(f"not a write reply: {text!r}")
     return int(words[1])
+
+
+def fit_to_type(values, type_name: str) -> np.ndarray:
+    """``values`` as an array of ``type_name`` (native byte order), or ProtocolError.
+
+    An integer type takes only whole numbers inside its range; nothing is
+    wrapped, truncated or rounded on the way (a float type takes any number).
+    Python ints of any size are checked exactly, not through float64.
+    """
+    dtype = dtype_for(type_name, "=")
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "biufO":
+        raise ProtocolError(f"{type_name} data must be numbers, not {arr.dtype}")
+    if dtype.kind == "f" or arr.size == 0:
+        return arr.astype(dtype)
+    if arr.dtype.kind == "O":  # Python ints too big for int64, mixed with floats
+        flat = arr.reshape(-1).tolist()
+        if not all(
+            isinstance(v, int | np.integer) or (isinstance(v, float) and v.is_integer())
+            for v in flat
+        ):
+            raise ProtocolError(f"{type_name} data must be whole numbers")
+        ints = [int(v) for v in flat]
+        lo, hi = min(ints), max(ints)
+        arr = np.array(ints, dtype=object).reshape(arr.shape)
+    elif arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr) & (arr == np.trunc(arr))):
+            raise ProtocolError(f"{type_name} data must be whole numbers")
+        lo, hi = float(arr.min()), float(arr.max())
+    else:
+        lo, hi = int(arr.min()), int(arr.max())
+    info = np.iinfo(dtype)
+    if lo < info.min or hi > info.max:
+        raise ProtocolError(f"{type_name} data must lie in {info.min} to {info.max}")
+    return arr.astype(dtype)
 
 
 def to_wire(data: np.ndarray, type_name: str, order: str) -> memoryview:

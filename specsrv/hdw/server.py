@@ -83,7 +83,7 @@ class HdwHandler(LineHandler):
             return False
         if outcome.receive is not None:
             got, alive = self._receive(stream, outcome.receive, server.data_timeout)
-            tail = bytes(outcome.receive[max(0, got - 128) : got])
+            tail = bytes(outcome.receive[max(0, got - P.XFER_DONE_TAIL) : got])
             if not alive:
                 session.write_finished(got, tail)
                 return False

@@ -280,8 +280,10 @@ class Session:
                     f"device gave {0 if block.data is None else np.size(block.data)} "
                     f"points for a region of {region.npts}"
                 )
-            wire = P.to_wire(block.data, block.type_name, self.order)
-        text = P.read_reply_text(region.npts, block.type_name, dev.ndim)
+            # an MCA read reply names no type: the data travel in the native one
+            type_name = block.type_name if dev.ndim == 2 else dev.type_name
+            wire = P.to_wire(block.data, type_name, self.order)
+        text = P.read_reply_text(region.npts, type_name, dev.ndim)
         log.debug("%s: read %s: %d bytes follow", self.peer, region.args(), wire.nbytes)
         if log.isEnabledFor(TRACE):
             log.log(TRACE, "%s: data begin %s", self.peer, bytes(wire[:32]).hex(" "))

@@ -8,7 +8,6 @@ preset of 0 (``move_cnt``, mode 3, or no preset set) counts until ``halt``.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 
@@ -96,17 +95,6 @@ def positive_number(text: str, what: str) -> float:
     value = parse_number(text, what)
     if not (np.isfinite(value) and value > 0):
         raise DeviceError(f"{what} must be a number > 0")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type for a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (np.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0: {text}")
     return value
 
 

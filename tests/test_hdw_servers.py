@@ -332,3 +332,14 @@ def test_hdw_client_writes_64_bit_values_exactly():
             assert res.returncode == 1 and msg in res.stderr, res.stderr
         assert dev.data.tolist() == values
         assert cli("-t", "0", "get_status").returncode == 2
+
+
+def test_beam_center_may_lie_off_the_sensor():
+    dev = make_device(SimImage, "-r", "16", "-c", "16")
+    with inproc(dev) as srv, Client(LOOP, srv.port) as c:
+        assert c.set("beam_center", -20, 0) == "-20 0"
+        assert c.get("beam_center") == "-20 0"
+        for bad in (("nan", 3), ("x", 3)):
+            with pytest.raises(HdwError, match="beam_center"):
+                c.set("beam_center", *bad)
+        assert c.get("beam_center") == "-20 0"

@@ -17,7 +17,7 @@ import numpy as np
 from common import cli
 
 from .cli import positive_float, serve
-from .device import DataBlock, DeviceError, ImageDevice
+from .device import DataBlock, DeviceError, ImageDevice, parse_number
 from .simbase import SimDevice, positive_number, to_type
 
 MAX_SIDE = 16384
@@ -176,7 +176,10 @@ class SimImage(SimDevice, ImageDevice):
             return f"{self.flux:g}"
 
         def beam_center(values: list[str]) -> str:
-            y, x = (positive_number(v, "beam_center") for v in values)
+            # any finite position: the beam may hit off the sensor (offset detectors)
+            y, x = (parse_number(v, "beam_center") for v in values)
+            if not (np.isfinite(y) and np.isfinite(x)):
+                raise DeviceError("beam_center must be two finite numbers")
             self.centre = (y, x)
             self.pattern = diffraction_pattern(*self.shape, self.centre)
             return f"{y:g} {x:g}"

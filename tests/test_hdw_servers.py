@@ -343,3 +343,16 @@ def test_beam_center_may_lie_off_the_sensor():
             with pytest.raises(HdwError, match="beam_center"):
                 c.set("beam_center", *bad)
         assert c.get("beam_center") == "-20 0"
+
+
+@pytest.mark.parametrize("cls", [SimMca, SimImage])
+def test_numeric_parameters_refuse_infinity_and_nan(cls):
+    dev = make_device(cls, "-n", "8") if cls is SimMca else make_device(cls, "-r", "8", "-c", "8")
+    rate = "rate" if cls is SimMca else "flux"
+    with inproc(dev) as srv, Client(LOOP, srv.port) as c:
+        for par in ("monitor_rate", rate):
+            before = c.get(par)
+            for bad in ("inf", "nan", "-1", "0", "x"):
+                with pytest.raises(HdwError, match=par):
+                    c.set(par, bad)
+            assert c.get(par) == before

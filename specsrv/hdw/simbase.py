@@ -74,10 +74,7 @@ class Acquisition:
         return max(0.0, self._end - self.clock())
 
     def set_monitor_rate(self, text: str) -> None:
-        value = parse_number(text, "monitor_rate")
-        if not value > 0:
-            raise DeviceError("monitor_rate must be > 0")
-        self.monitor_rate = value
+        self.monitor_rate = positive_number(text, "monitor_rate")
 
 
 def to_type(data: np.ndarray, type_name: str) -> np.ndarray:

@@ -212,3 +212,17 @@ def test_many_clients_at_once_and_connection_limit():
         for r in extra:
             r.close()
         assert procs.wait_until(lambda: srv.client_count() == 0)
+
+
+def test_xfer_done_right_after_a_timed_out_write_is_an_error(mca_fast):
+    """Its reply says whether the data were stored: they were not."""
+    srv, dev = mca_fast
+    with Raw(srv.port) as raw:
+        raw.send(b"=: 1 write 0 99\n")
+        assert raw.line() == b"@: 1 8#okay 100"
+        raw.send(np.arange(10, dtype="<i4").tobytes())
+        assert raw.nothing_within(0.6)  # past the 0.4 s limit: the write is dropped
+        rep = raw.ask(2, "xfer_done")
+        assert not rep.ok and "short write: 40 of 400" in rep.text
+        assert raw.ask(3, "xfer_done") == P.Reply(3, "")  # only the next request
+    assert dev.counts[0].tolist() == [5.0] * 100

@@ -81,6 +81,8 @@ class Session:
         self.last_sn: int | None = None
         self.order = shared.byte_order
         self.pending: _PendingWrite | None = None
+        #: why the last write was dropped, for an ``xfer_done`` that comes next
+        self.dropped: str | None = None
 
     # -- entry points ------------------------------------------------------
     def handle(self, ev: P.Event) -> Outcome:
@@ -96,10 +98,14 @@ class Session:
             log.info("%s: ignored repeated sequence number %d", self.peer, ev.sn)
             return Outcome()
         self.last_sn = ev.sn
+        dropped, self.dropped = self.dropped, None
         if isinstance(ev, P.BadRequest):
             log.info("%s: bad request %d: %s", self.peer, ev.sn, ev.message)
             return self._error(ev.sn, ev.message)
         log.debug("%s: request %d %s %s a=%d", self.peer, ev.sn, ev.cmd, " ".join(ev.args), ev.addr)
+        if dropped and ev.cmd == "xfer_done":
+            log.info("%s: xfer_done %d after a dropped write", self.peer, ev.sn)
+            return self._error(ev.sn, dropped)
         try:
             outcome = self._dispatch(ev)
         except (DeviceError, P.ProtocolError) as exc:
@@ -137,10 +143,12 @@ class Session:
             received,
             want,
         )
+        why = f"short write: {received} of {want} data bytes arrived"
         sn = P.xfer_done_in_tail(tail)
         if sn is not None and sn != self.last_sn:
             self.last_sn = sn
-            return self._error(sn, f"short write: {received} of {want} data bytes arrived")
+            return self._error(sn, why)
+        self.dropped = why  # the xfer_done may still come, after the time limit
         return Outcome()
 
     # -- helpers --------------------------------------------------------------

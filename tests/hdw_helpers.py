@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import socket
 
+import numpy as np
+
 from common.framing import OverlongLine
 from common.server import SocketReader
 from specsrv.hdw import protocol as P
 from specsrv.hdw.cli import build_parser
+from specsrv.hdw.device import McaDevice
 from specsrv.hdw.server import HdwServer, make_shared
 
 LOOP = "127.0.0.1"
@@ -19,6 +22,24 @@ def make_device(cls, *argv: str):
     dev = cls()
     dev.parse_args(build_parser(cls, cls.name).parse_args(list(argv)))
     return dev
+
+
+class MemoryMca(McaDevice):
+    """An MCA that keeps exactly what was written (channel i starts as i)."""
+
+    name = "memory"
+    writable = True
+
+    def __init__(self, type_name: str = "short", chans: int = 8):
+        super().__init__()
+        self.type_name, self.shape = type_name, (chans,)
+        self.data = np.arange(chans).astype(P.dtype_for(type_name, "="))
+
+    def send_data(self, addr, block):
+        block.data = self.data[block.region.slices()].copy()
+
+    def receive_data(self, addr, block):
+        self.data[block.region.slices()] = block.data
 
 
 @contextlib.contextmanager

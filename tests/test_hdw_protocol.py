@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specsrv.hdw import protocol as P
-from specsrv.hdw.device import DataBlock, DeviceError, McaDevice
+from specsrv.hdw.device import DataBlock, DeviceError
 from specsrv.hdw.session import Session, Shared
+from tests.hdw_helpers import MemoryMca
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -238,16 +239,13 @@ def test_xfer_done_in_tail():
 # -- the session (what the server does with each request) ----------------------------
 
 
-class Toy(McaDevice):
-    """Eight channels that remember what was written."""
+class Toy(MemoryMca):
+    """Eight short channels that remember what was written, and the calls."""
 
     name = "toy"
-    writable = True
 
     def __init__(self):
-        super().__init__()
-        self.type_name, self.shape = "short", (8,)
-        self.data = np.arange(8, dtype=np.int16)
+        super().__init__("short", 8)
         self.calls = []
 
     def run(self, addr, mode, preset):
@@ -261,12 +259,6 @@ class Toy(McaDevice):
             raise DeviceError(f"unknown parameter {cmd}")
         self.calls.append(("pars", addr, how, cmd, args))
         return "7"
-
-    def send_data(self, addr, block: DataBlock):
-        block.data = self.data[block.region.slices()]
-
-    def receive_data(self, addr, block: DataBlock):
-        self.data[block.region.slices()] = block.data
 
 
 def session(**kw):

@@ -10,10 +10,9 @@ import pytest
 from common import procs
 from specsrv.hdw import protocol as P
 from specsrv.hdw.client import Client, HdwError
-from specsrv.hdw.device import McaDevice
 from specsrv.hdw.img import DARK, SimImage
 from specsrv.hdw.mca import SimMca
-from tests.hdw_helpers import LOOP, Raw, inproc, make_device
+from tests.hdw_helpers import LOOP, MemoryMca, Raw, inproc, make_device
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -294,26 +293,8 @@ def test_client_write_refuses_values_the_native_type_cannot_hold():
         assert c.read(0, 2).tolist() == [1, 2, 65535]
 
 
-class Store64(McaDevice):
-    """Four ulong64 channels kept exactly (the simulators keep float64 counts)."""
-
-    name = "store64"
-    writable = True
-
-    def __init__(self):
-        super().__init__()
-        self.type_name, self.shape = "ulong64", (4,)
-        self.data = np.zeros(4, dtype=np.uint64)
-
-    def send_data(self, addr, block):
-        block.data = self.data[block.region.slices()].copy()
-
-    def receive_data(self, addr, block):
-        self.data[block.region.slices()] = block.data
-
-
 def test_hdw_client_writes_64_bit_values_exactly():
-    dev = Store64()
+    dev = MemoryMca("ulong64", 4)  # exact, unlike the simulators' float64 counts
     with inproc(dev) as srv:
 
         def cli(*args, input=None):

@@ -4,7 +4,8 @@ Output follows the DECTRIS FileWriter layout: ``NAME_master.h5`` holds
 ``/entry`` (NXentry, definition NXmx), the detector configuration under
 ``/entry/instrument/detector/`` (and ``detectorSpecific/``), and external
 links ``/entry/data/data_000001`` ... to ``/entry/data/data`` in the data files
-``NAME_data_000001.h5`` ....  Each data set is ``(n, Y, X)``, one frame per
+``NAME_data_000001.h5`` ..., plus ``/entry/data/data``, a virtual data set
+of all frames (written at the end of the series).  Each data set is ``(n, Y, X)``, one frame per
 chunk, filter 32008 (bitshuffle) with options (0, 2) (LZ4).  The stream's
 bslz4 blobs go in unchanged with direct chunk writes; ``lz4<`` and raw frames
 are decoded and written through the filter.  A series' files are closed (and
@@ -267,8 +268,25 @@ class SeriesWriter:
                 try:
                     spec = m["entry/instrument/detector/detectorSpecific"]
                     spec.create_dataset("nimages_written", data=np.int64(self.written))
+                    self._write_vds(m)
                 finally:
                     m.close()
+
+    def _write_vds(self, m: h5py.File) -> None:
+        """``/entry/data/data`` in the master: a virtual view of every frame written."""
+        if not self.written or self.shape is None:
+            return
+        y, x = self.shape
+        layout = h5py.VirtualLayout(shape=(self.written, y, x), dtype=self.dtype)
+        pos = 0
+        for path in self.data_paths:
+            n = min(self.frames_per_file, self.written - pos)
+            if n <= 0:
+                break
+            src = h5py.VirtualSource(os.path.basename(path), "/entry/data/data", shape=(n, y, x))
+            layout[pos : pos + n] = src
+            pos += n
+        m["entry/data"].create_virtual_dataset("data", layout)
 
     def abandon(self) -> None:
         """Close what can be closed after a write error (a full disk)."""

@@ -157,7 +157,7 @@ class Hdf5Writer:
                 len(w.data_paths),
             )
         except Exception as exc:  # noqa: BLE001 - disk full at close
-            log.error("hdf5: closing %s failed: %s", w.master_path, exc)
+            log.error("hdf5: closing %s failed, its files are incomplete: %s", w.master_path, exc)
             w.abandon()
 
     def _fail(self, series_id: int, what: str, exc: Exception) -> None:

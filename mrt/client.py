@@ -272,7 +272,7 @@ def save(data: SeriesData, args, index: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv) if argv is not None else parser.parse_args()
+    args = cli.parse_or_exit(parser, argv)
     if args.encoding != "auto":
         try:
             codec.parse_encoding(args.encoding)

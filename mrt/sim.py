@@ -227,7 +227,10 @@ def build_parser():
         help="frame rate; 0 sends as fast as possible (100)",
     )
     p.add_argument(
-        "--header-detail", choices=("all", "basic", "none"), default="basic", help="(basic)"
+        "--header-detail",
+        choices=("all", "basic", "none"),
+        default="basic",
+        help="header parts sent (basic)",
     )
     p.add_argument("--header-appendix", metavar="TEXT", help="header appendix part")
     p.add_argument("--image-appendix", metavar="TEXT", help="image appendix part")

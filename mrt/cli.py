@@ -21,7 +21,7 @@ def zmq_endpoint(text: str) -> str:
         if not re.fullmatch(r"(tcp|ipc|inproc)://\S+", text):
             raise argparse.ArgumentTypeError(f"invalid ZeroMQ endpoint: {text!r}")
         return text
-    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+)(?::(\d+))?", text)
+    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+|\*)(?::(\d+))?", text)
     if not m:
         raise argparse.ArgumentTypeError(f"expected HOST, HOST:PORT or tcp://HOST:PORT: {text!r}")
     port = int(m.group(2)) if m.group(2) else DEFAULT_ZMQ_PORT

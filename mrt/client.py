@@ -87,6 +87,7 @@ class MrTClient:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.connect(self.addr)
         self.sock.settimeout(timeout)
+        self._sock_timeout = timeout
         self.last_series = 0
 
     def close(self) -> None:
@@ -104,7 +105,9 @@ class MrTClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            self.sock.settimeout(left)
+            if abs(left - self._sock_timeout) > 0.02:
+                self._sock_timeout = left
+                self.sock.settimeout(left)
             try:
                 data = self.sock.recv(70000)
             except TimeoutError:

@@ -19,6 +19,7 @@ Nothing here touches sockets, files or clocks.  Errors are
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from dataclasses import dataclass
@@ -55,15 +56,20 @@ class Encoding:
         return self.bitshuffle_bits > 0 and self.lz4
 
 
-def parse_encoding(text: str) -> Encoding:
-    """``"bs16-lz4<"`` -> :class:`Encoding`; :class:`CodecError` if not in the grammar."""
-    if not isinstance(text, str):
-        raise CodecError(f"encoding is not a string: {text!r}")
+@functools.lru_cache(maxsize=64)
+def _parse_encoding(text: str) -> Encoding:
     m = ENCODING_RE.match(text)
     if not m:
         raise CodecError(f"unknown encoding {text!r}")
     bits = int(m.group(1)) if m.group(1) else 0
     return Encoding(text, bits, bool(m.group(2)), m.group(3) == "<")
+
+
+def parse_encoding(text: str) -> Encoding:
+    """``"bs16-lz4<"`` -> :class:`Encoding`; :class:`CodecError` if not in the grammar."""
+    if not isinstance(text, str):
+        raise CodecError(f"encoding is not a string: {text!r}")
+    return _parse_encoding(text)
 
 
 def encoding_name(kind: str, bits: int) -> str:

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 BITSHUFFLE = 32008
 BSLZ4_OPTS = (0, 2)
 DEFAULT_FRAMES_PER_FILE = 1000
+GROW_FRAMES = 64
 
 #: config keys that NXmx places directly in the NXdetector group
 DETECTOR_KEYS = {
@@ -203,6 +204,7 @@ class SeriesWriter:
         if self._data_file is None:
             return
         try:
+            self._dset.resize(self.written - self._file_first, axis=0)  # drop the spare room
             self._dset.attrs["image_nr_high"] = np.int64(self.written)
         finally:
             f, self._data_file, self._dset = self._data_file, None, None
@@ -250,9 +252,11 @@ class SeriesWriter:
             self._close_data_file()
             self._open_data_file()
         k = self.written - self._file_first
-        self._dset.resize(k + 1, axis=0)
+        if k >= self._dset.shape[0]:
+            # grow in steps: a resize per frame costs more than the write
+            self._dset.resize(min(k + GROW_FRAMES, self.frames_per_file), axis=0)
         if pixels is None:
-            self._dset.id.write_direct_chunk((k, 0, 0), bytes(blob), filter_mask=0)
+            self._dset.id.write_direct_chunk((k, 0, 0), blob, filter_mask=0)
         else:
             self._dset[k] = pixels
         self.written += 1

@@ -289,7 +289,7 @@ class Image:
     dtype: str
     encoding: str
     data: Any  # bytes or memoryview, as received
-    config: dict | None = None
+    config: Any = None  # the dconfig-1.0 part as received (times; not used by Mr. T)
     appendix: bytes | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -418,10 +418,6 @@ def _decode_image(first: dict, parts: list) -> Image | WireError:
     frame = first.get("frame")
     if not isinstance(frame, int) or isinstance(frame, bool):
         frame = None
-    cfg = None
-    if len(parts) >= 4:
-        c = _json(parts[3], "image part 4")
-        cfg = c if isinstance(c, dict) else None
     if len(parts) not in (4, 5):
         warnings.append(f"image with {len(parts)} parts, expected 4 or 5")
     return Image(
@@ -431,7 +427,7 @@ def _decode_image(first: dict, parts: list) -> Image | WireError:
         dtype=dtype,
         encoding=enc,
         data=data,
-        config=cfg,
+        config=parts[3] if len(parts) >= 4 else None,
         appendix=bytes(parts[4]) if len(parts) >= 5 else None,
         warnings=warnings,
     )

@@ -33,7 +33,7 @@ from .series import Note, SeriesStore
 
 log = logging.getLogger("mrt")
 
-ZMQ_RCVHWM = 8
+ZMQ_RCVHWM = 64
 WRITER_QUEUE_FRAMES = 64
 MAX_ZMQ_MESSAGE = 1 << 30
 
@@ -202,29 +202,37 @@ class Ingest:
         self.shared = shared
         self.writer = writer
 
-    def wait_for_room(self, nbytes: int | None = None) -> bool:
-        """Block until the cache (and the writer queue) can take a frame."""
+    def wait_for_room(self) -> bool:
+        """Block until the cache (and the writer queue) can take one more frame."""
         sh = self.shared
         while not sh.stopping.is_set():
+            # unlocked look first (the common case); apply() checks again under the lock
+            if sh.store.has_room() and (self.writer is None or self.writer.has_room()):
+                return True
             with sh.room:
-                ok = sh.store.has_room() if nbytes is None else sh.store.fits(nbytes)
-                if ok and (self.writer is None or self.writer.has_room()):
-                    return True
-                sh.room.wait(0.1)
+                if not sh.store.has_room():
+                    sh.room.wait(0.1)
+                    continue
+            if self.writer is not None and not self.writer.has_room():
+                time.sleep(0.01)
         return False
 
     def apply(self, msg) -> None:
+        """Apply one message; an image waits until it fits in the cache."""
         sh = self.shared
-        if isinstance(msg, Image) and sh.store.current is not None:
-            if not self.wait_for_room(msg.nbytes):
-                return
-        with sh.lock:
+        is_image = isinstance(msg, Image)
+        with sh.room:
+            while is_image and sh.store.current is not None and not sh.store.fits(msg.nbytes):
+                if sh.stopping.is_set():
+                    return
+                sh.room.wait(0.1)
             _, notes = sh.store.on_stream(msg)
             series = sh.store.current.id if sh.store.current is not None else 0
-            accepted = not any("skipped" in n.text for n in notes)
-        sh.notes(notes)
-        if self.writer is not None and not isinstance(msg, WireError) and accepted:
-            self.writer.put(series, msg, sh.stopping)
+        if notes:
+            sh.notes(notes)
+        if self.writer is not None and not isinstance(msg, WireError):
+            if not any("skipped" in n.text for n in notes):
+                self.writer.put(series, msg, sh.stopping)
 
 
 class ZmqReceiver(threading.Thread):
@@ -250,9 +258,11 @@ class ZmqReceiver(threading.Thread):
             while not sh.stopping.is_set():
                 if not self.ingest.wait_for_room():
                     break
-                if not poller.poll(250):
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    poller.poll(250)  # nothing queued: sleep until something is
                     continue
-                parts = sock.recv_multipart(copy=False)
                 msg = protocol.decode_stream([p.buffer for p in parts])
                 self.ingest.apply(msg)
         except zmq.ZMQError as exc:
@@ -295,19 +305,21 @@ class H5Replay(threading.Thread):
 
 
 # -- UDP ---------------------------------------------------------------------------
-class UdpHandler(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        data, sock = self.request
-        self.server.on_datagram(data, sock, self.client_address)
-
-
 class UdpServer(socketserver.UDPServer):
-    max_packet_size = 65536
+    """One thread answers every client, datagram by datagram."""
+
+    # requests are 9 bytes; anything longer is wrong anyway and is seen truncated
+    max_packet_size = 2048
     allow_reuse_address = False
 
     def __init__(self, addr, shared: Shared) -> None:
         self.shared = shared
-        super().__init__(addr, UdpHandler)
+        super().__init__(addr, socketserver.BaseRequestHandler)
+
+    def process_request(self, request, client_address) -> None:
+        # no handler object per datagram: this is the hot path
+        data, sock = request
+        self.on_datagram(data, sock, client_address)
 
     def on_datagram(self, data: bytes, sock, addr) -> None:
         sh = self.shared
@@ -322,7 +334,7 @@ class UdpServer(socketserver.UDPServer):
                 log.log(n.level, "%s (from %s:%s)", n.text, addr[0], addr[1])
         for r in replies:
             try:
-                sock.sendto(r, addr)
+                sock.sendmsg(r, (), 0, addr)
             except OSError as exc:
                 sh.limiter.log("udp-send", logging.WARNING, f"udp: send to {addr}: {exc}")
 

@@ -157,8 +157,10 @@ def play(sock: zmq.Socket, src, args, series, nimages: int) -> None:
     config = detector_config(src, nimages, args.rate, args.encoding)
     appendix = args.header_appendix.encode() if args.header_appendix is not None else None
     img_app = args.image_appendix.encode() if args.image_appendix is not None else None
-    sock.send_multipart(header_parts(src, series, args.header_detail, config, appendix))
     send = nimages if args.abort_after is None else min(nimages, args.abort_after)
+    for k in range(min(send, getattr(src, "distinct", 0))):
+        src.blob(k)  # encode the distinct frames before the series, as a detector would
+    sock.send_multipart(header_parts(src, series, args.header_detail, config, appendix))
     t0 = time.monotonic()
     period = 1.0 / args.rate if args.rate > 0 else 0.0
     late = 0

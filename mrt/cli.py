@@ -9,7 +9,7 @@ import sys
 from common import cli, runtime
 
 from . import hdf5, protocol, series
-from .server import MrT
+from .server import ZMQ_RCVHWM, MrT
 
 DEFAULT_ZMQ_PORT = 9999
 
@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"frame bytes per packet reply (default {protocol.DEFAULT_PAYLOAD})",
     )
     p.add_argument(
+        "--zmq-rcvhwm",
+        metavar="N",
+        type=cli.positive_int,
+        default=ZMQ_RCVHWM,
+        help=f"messages ZeroMQ may queue beyond the cache (default {ZMQ_RCVHWM})",
+    )
+    p.add_argument(
         "--extended-pong",
         action="store_true",
         help="answer pings with the later original's pong (bits, width, height, name)",
@@ -130,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         extended_pong=args.extended_pong,
         hdf5_dir=args.hdf5_output,
         frames_per_file=args.hdf5_frames_per_file,
+        zmq_rcvhwm=args.zmq_rcvhwm,
     )
     return runtime.run(service, runtime.options_from_args(args))
 

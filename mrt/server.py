@@ -236,9 +236,12 @@ class Ingest:
 
 
 class ZmqReceiver(threading.Thread):
-    def __init__(self, endpoint: str, ingest: Ingest, context: zmq.Context) -> None:
+    def __init__(
+        self, endpoint: str, ingest: Ingest, context: zmq.Context, rcvhwm: int = ZMQ_RCVHWM
+    ) -> None:
         super().__init__(name="zmq-receiver", daemon=True)
         self.endpoint = endpoint
+        self.rcvhwm = rcvhwm
         self.ingest = ingest
         self.context = context
 
@@ -246,7 +249,7 @@ class ZmqReceiver(threading.Thread):
         sh = self.ingest.shared
         sock = self.context.socket(zmq.PULL)
         try:
-            sock.setsockopt(zmq.RCVHWM, ZMQ_RCVHWM)
+            sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
@@ -359,7 +362,9 @@ class MrT(runtime.Service):
         extended_pong: bool = False,
         hdf5_dir: str | None = None,
         frames_per_file: int = hdf5.DEFAULT_FRAMES_PER_FILE,
+        zmq_rcvhwm: int = ZMQ_RCVHWM,
     ) -> None:
+        self.zmq_rcvhwm = zmq_rcvhwm
         self.udp_addr = (udp_host, udp_port)
         self.endpoint = endpoint
         self.input_h5 = input_h5
@@ -401,7 +406,7 @@ class MrT(runtime.Service):
             self.source = H5Replay(self.input_h5, ingest)
         else:
             self.context = zmq.Context()
-            self.source = ZmqReceiver(self.endpoint, ingest, self.context)
+            self.source = ZmqReceiver(self.endpoint, ingest, self.context, self.zmq_rcvhwm)
         self.udp_thread = ServerThread(self.udp, "udp")
         self.udp_thread.start()
         log.info(

@@ -120,7 +120,8 @@ def test_premature_end_stray_parts_and_next_series(tmp_path, started):
 def test_back_pressure_loses_no_frame(tmp_path, started):
     zp, up = ports()
     w, h, n = 1028, 512, 40  # 1 MB raw frames: more than ZeroMQ and TCP buffer
-    started.append(harness.start_mrt(up, zp, "--frame-cache-limit", 2, "-l", tmp_path / "log"))
+    started.append(harness.start_mrt(up, zp, "--frame-cache-limit", 2, "--zmq-rcvhwm", 2,
+                                     "-l", tmp_path / "log"))  # fmt: skip
     sim_log = open(tmp_path / "sim.log", "wb")
     sim = harness.start_sim(
         zp, "--width", w, "--height", h, "--encoding", "raw", "--frames", n, "--rate", 0,

@@ -5,7 +5,8 @@
    divided by a bare pyzmq PULL loop receiving the same simulator run.
 2. UDP serving to one stop-and-wait client (``MrTClient``): bytes per second
    divided by a bare UDP request/reply loop (a minimal server process
-   answering 9-byte requests with 17 + payload bytes) with the same payload.
+   answering 9-byte requests with 17 + payload bytes) with the same payload;
+   also mr_t served to a minimal client loop (the server's share alone).
 3. HDF5 output: frames per second through mr_t's writer (queue, thread,
    NXmx files) divided by a bare h5py ``write_direct_chunk`` loop of the same
    blobs into a preallocated data set; also end to end (simulator -> mr_t
@@ -39,6 +40,7 @@ from mrt.sim import FrameSource
 
 EIGER2_4M = (2068, 2162)
 EIGER2_500K = (1028, 512)
+REPEAT = 3
 TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) ")
 
 
@@ -88,7 +90,8 @@ def bare_pull(shape, n: int) -> float:
 
 def mrt_ingest(shape, n: int, tmp: Path) -> float:
     zp, up = procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
-    log = tmp / f"ingest-{shape[0]}.log"
+    tmp.mkdir(parents=True, exist_ok=True)
+    log = tmp / "ingest.log"
     server = harness.start_mrt(up, zp, "--frame-cache-bytes", "4G", "-l", log)
     sim = harness.start_sim(zp, *sim_args(shape, n))
     try:
@@ -102,8 +105,10 @@ def mrt_ingest(shape, n: int, tmp: Path) -> float:
 
 def bench_ingest(label: str, shape, n: int, tmp: Path) -> float:
     blob = FrameSource(*shape).blob(0)
-    base = bare_pull(shape, n)
-    ours = mrt_ingest(shape, n, tmp)
+    base = ours = 0.0
+    for i in range(REPEAT):  # interleaved, best of each: the machine is shared
+        base = max(base, bare_pull(shape, n))
+        ours = max(ours, mrt_ingest(shape, n, tmp / f"{shape[0]}-{i}"))
     ratio = ours / base
     print(
         f"ingest {label} ({shape[0]}x{shape[1]} bslz4, {len(blob) / 1e6:.2f} MB/frame, "
@@ -157,40 +162,68 @@ def bare_udp(total: int, payload: int) -> float:
         procs.stop(srv)
 
 
-def mrt_udp(shape, n: int, payload: int) -> tuple[float, int]:
+def lean_fetch(sock: socket.socket, frames: int) -> float:
+    """Bytes per second of a minimal stop-and-wait loop fetching a whole series."""
+    got = 0
+    t0 = time.perf_counter()
+    for frame in range(frames):
+        start, total = 0, 1
+        while start < total:
+            sock.send(struct.pack(">BII", 2, frame, start))
+            try:
+                data = sock.recv(70000)
+            except TimeoutError:
+                continue
+            _, _, f, s, total = struct.unpack_from(">BIIII", data)
+            if f == frame and s == start and total:
+                start += len(data) - 17
+                got += len(data) - 17
+            elif not total:
+                total = 1
+    return got / (time.perf_counter() - t0)
+
+
+def mrt_udp(shape, n: int, payload: int) -> tuple[float, int, float]:
+    """Best of REPEAT series fetched by ``MrTClient`` once each series is complete."""
     zp, up = procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
     server = harness.start_mrt(up, zp, "--frame-cache-bytes", "4G", "--udp-payload-size", payload)
-    sim = harness.start_sim(zp, *sim_args(shape, n), "--encoding", "raw")
+    sim = harness.start_sim(zp, *sim_args(shape, n), "--encoding", "raw", "--series", REPEAT,
+                            "--pause", 1.0)  # fmt: skip
+    best, nbytes, lean = 0.0, 0, 0.0
     try:
-        # let the whole series arrive first, so that only serving is measured
-        time.sleep(0.5)
         with harness.MrTClient(procs.LOOPBACK, up) as c:
-            deadline = time.monotonic() + 60
-            pong = None
-            while time.monotonic() < deadline:
-                pong = c.ping()
-                if pong is not None and pong.series_id:
-                    break
-            sim.wait(60)
-            t0 = time.perf_counter()
-            data = c.fetch(pong)
-            dt = time.perf_counter() - t0
-        return data.nbytes / dt, data.nbytes
+            for sid in range(1, REPEAT + 1):
+                deadline = time.monotonic() + 60
+                pong = None
+                while time.monotonic() < deadline:
+                    pong = c.ping()
+                    if pong is not None and pong.series_id == sid:
+                        break
+                    time.sleep(0.01)
+                time.sleep(0.5)  # let the whole series arrive: only serving is measured
+                if sid == REPEAT:  # the last series: a minimal client, server cost only
+                    lean = lean_fetch(c.sock, pong.frame_count)
+                    continue
+                t0 = time.perf_counter()
+                data = c.fetch(pong)
+                dt = time.perf_counter() - t0
+                best, nbytes = max(best, data.nbytes / dt), data.nbytes
+        return best, nbytes, lean
     finally:
         procs.stop(sim)
         procs.stop(server)
 
 
 def bench_udp(payload: int, n: int) -> float:
-    ours, nbytes = mrt_udp(EIGER2_500K, n, payload)
-    base = bare_udp(nbytes, payload)
-    ratio = ours / base
+    ours, nbytes, lean = mrt_udp(EIGER2_500K, n, payload)
+    base = max(bare_udp(nbytes, payload) for _ in range(REPEAT))
     print(
         f"UDP serving, payload {payload} B, {nbytes / 1e6:.1f} MB: mr_t + MrTClient "
         f"{ours / 1e6:.1f} MB/s, bare request/reply {base / 1e6:.1f} MB/s, "
-        f"ratio {ratio:.2f} (target >= 0.7)"
+        f"ratio {ours / base:.2f} (target >= 0.7); mr_t with a minimal client loop "
+        f"{lean / 1e6:.1f} MB/s, ratio {lean / base:.2f}"
     )
-    return ratio
+    return ours / base
 
 
 # -- HDF5 ---------------------------------------------------------------------------
@@ -220,13 +253,14 @@ def writer_h5(shape, n: int, tmp: Path) -> float:
     src = FrameSource(*shape, distinct=2)
     out = tmp / "writer"
     out.mkdir(exist_ok=True)
+    blobs = [src.blob(0), src.blob(1)]  # encoded before timing, as in bare_h5
     w = Hdf5Writer(str(out), 1000, 1 << 32)
     w.start()
     stop = threading.Event()
     t0 = time.perf_counter()
     w.put(1, Header(1, "basic", {"nimages": n, "ntrigger": 1}), stop)
     for k in range(n):
-        w.put(1, Image(1, k, src.shape, src.dtype, src.encoding, src.blob(k)), stop)
+        w.put(1, Image(1, k, src.shape, src.dtype, src.encoding, blobs[k % 2]), stop)
     w.put(1, SeriesEnd(1), stop)
     w.stop(120)
     dt = time.perf_counter() - t0
@@ -254,8 +288,10 @@ def mrt_h5(shape, n: int, tmp: Path) -> float:
 
 
 def bench_h5(n: int, tmp: Path) -> float:
-    base = bare_h5(EIGER2_500K, n, tmp)
-    ours = writer_h5(EIGER2_500K, n, tmp)
+    base = ours = 0.0
+    for _ in range(REPEAT):
+        base = max(base, bare_h5(EIGER2_500K, n, tmp))
+        ours = max(ours, writer_h5(EIGER2_500K, n, tmp))
     e2e = mrt_h5(EIGER2_500K, n, tmp)
     print(
         f"HDF5 output, 500K bslz4, {n} frames: mr_t writer {ours:.0f} fps, bare direct-chunk "
@@ -272,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     quick = "--quick" in argv
     tmp = Path(tempfile.mkdtemp(prefix="bench-mrt-"))
     try:
-        print("figures are ratios against baselines measured in this run (noisy shared machine)")
+        print(
+            "figures are ratios against baselines measured in this run, best of "
+            f"{REPEAT} interleaved runs each (noisy shared machine)"
+        )
         bench_ingest("EIGER2 4M", EIGER2_4M, 60 if quick else 150, tmp)
         bench_ingest("EIGER2 500K", EIGER2_500K, 300 if quick else 1000, tmp)
         bench_udp(10000, 20 if quick else 60)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import socketserver
 import threading
 import time
@@ -317,12 +318,59 @@ class UdpServer(socketserver.UDPServer):
 
     def __init__(self, addr, shared: Shared) -> None:
         self.shared = shared
+        self._stop_requested = False
+        self._stopped = threading.Event()
+        self._stopped.set()
         super().__init__(addr, socketserver.BaseRequestHandler)
 
     def process_request(self, request, client_address) -> None:
-        # no handler object per datagram: this is the hot path
         data, sock = request
         self.on_datagram(data, sock, client_address)
+
+    def serve_forever(self, poll_interval: float = 0.25) -> None:
+        """Blocking receive loop: one ``recvfrom`` and one send per request.
+
+        Stop-and-wait clients send one datagram per round trip, so a selector
+        (or a socket timeout, which polls before every call) would double the
+        system calls per request.  :meth:`shutdown` wakes the loop with an
+        empty datagram to itself.
+        """
+        self._stopped.clear()
+        self.socket.settimeout(None)
+        try:
+            while not self._stop_requested:
+                try:
+                    data, addr = self.socket.recvfrom(self.max_packet_size)
+                except OSError as exc:
+                    if self._stop_requested:
+                        break
+                    self.shared.limiter.log("udp-recv", logging.WARNING, f"udp: receive: {exc}")
+                    time.sleep(0.01)
+                    continue
+                if self._stop_requested:
+                    break
+                try:
+                    self.on_datagram(data, self.socket, addr)
+                except Exception:  # noqa: BLE001 - one bad datagram must not stop serving
+                    self.handle_error((data, self.socket), addr)
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self._stop_requested = True
+        host, port = self.server_address[:2]
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        for _ in range(10):
+            try:
+                with socket.socket(self.address_family, socket.SOCK_DGRAM) as s:
+                    s.sendto(b"", (host, port))
+            except OSError as exc:
+                log.debug("udp: wake-up datagram: %s", exc)
+            if self._stopped.wait(0.2):
+                return
 
     def on_datagram(self, data: bytes, sock, addr) -> None:
         sh = self.shared

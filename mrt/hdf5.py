@@ -130,6 +130,7 @@ class SeriesWriter:
         self._data_file: h5py.File | None = None
         self._dset = None
         self._file_first = 0
+        self._capacity = 0
         self.master = h5py.File(self.master_path, "w")
         self._write_master(series_id)
 
@@ -193,6 +194,7 @@ class SeriesWriter:
         self._dset.attrs["image_nr_low"] = np.int64(self.written + 1)
         self._dset.attrs["image_nr_high"] = np.int64(self.written)
         self._data_file = f
+        self._capacity = 0
         self._file_first = self.written
         self.data_paths.append(path)
         link = f"data_{idx:06d}"
@@ -252,9 +254,10 @@ class SeriesWriter:
             self._close_data_file()
             self._open_data_file()
         k = self.written - self._file_first
-        if k >= self._dset.shape[0]:
+        if k >= self._capacity:
             # grow in steps: a resize per frame costs more than the write
-            self._dset.resize(min(k + GROW_FRAMES, self.frames_per_file), axis=0)
+            self._capacity = min(k + GROW_FRAMES, self.frames_per_file)
+            self._dset.resize(self._capacity, axis=0)
         if pixels is None:
             self._dset.id.write_direct_chunk((k, 0, 0), blob, filter_mask=0)
         else:

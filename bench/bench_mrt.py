@@ -97,12 +97,18 @@ def bare_pull(shape, n: int, keep: bool = False) -> float:
 def mrt_ingest(shape, n: int, tmp: Path) -> float:
     zp, up = procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
     tmp.mkdir(parents=True, exist_ok=True)
-    log = tmp / "ingest.log"
-    server = harness.start_mrt(up, zp, "--frame-cache-bytes", "4G", "-l", log)
+    return rate_from_log(
+        shape, n, tmp / "ingest.log", ("series 1 started", "series 1 ended"), zp, up
+    )
+
+
+def rate_from_log(shape, n: int, log: Path, needles, zp: int, up: int, *mrt_args) -> float:
+    """Run the simulator into mr_t; frames per second between two log lines of mr_t."""
+    server = harness.start_mrt(up, zp, "--frame-cache-bytes", "4G", "-l", log, *mrt_args)
     sim = harness.start_sim(zp, *sim_args(shape, n))
     try:
-        t0 = log_time(log, "series 1 started")
-        t1 = log_time(log, "series 1 ended")
+        t0 = log_time(log, needles[0])
+        t1 = log_time(log, needles[1])
         return n / max(t1 - t0, 1e-3)
     finally:
         procs.stop(sim)
@@ -281,17 +287,10 @@ def mrt_h5(shape, n: int, tmp: Path) -> float:
     zp, up = procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
     out = tmp / "h5"
     out.mkdir(exist_ok=True)
-    log = tmp / "h5.log"
-    server = harness.start_mrt(up, zp, "--frame-cache-bytes", "4G", "--hdf5-output", out,
-                               "-l", log)  # fmt: skip
-    sim = harness.start_sim(zp, *sim_args(shape, n))
+    needles = ("hdf5: series 1 to", "series_1_master.h5 complete")
     try:
-        t0 = log_time(log, "hdf5: series 1 to")
-        t1 = log_time(log, "series_1_master.h5 complete")
-        return n / max(t1 - t0, 1e-3)
+        return rate_from_log(shape, n, tmp / "h5.log", needles, zp, up, "--hdf5-output", out)
     finally:
-        procs.stop(sim)
-        procs.stop(server)
         shutil.rmtree(out, ignore_errors=True)
 
 

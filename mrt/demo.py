@@ -27,15 +27,6 @@ from .sim import FrameSource
 W, H, N = 1028, 512, 40
 
 
-def _wait(pred, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
-
-
 def run(report) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mrt-demo-"))
     zp, up = procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
@@ -72,7 +63,7 @@ def run(report) -> None:
             f"{pixels.shape} {pixels.dtype}",
         )
         master = tmp / "series_1_master.h5"
-        _wait(lambda: "series_1_master.h5 complete" in log.read_text())
+        procs.wait_for(lambda: "series_1_master.h5 complete" in log.read_text())
         with h5py.File(master, "r") as f:
             d = f["entry/data/data"]
             ok = d.shape == (N, H, W) and bool((d[()] == pixels).all())
@@ -96,7 +87,7 @@ def run(report) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             for bad in (b"", b"\x02\x00", b"\x09junk", b"\x03" * 40):
                 s.sendto(bad, ("127.0.0.1", up))
-        _wait(lambda: log.read_text().count("stray") >= 3, 5)
+        procs.wait_for(lambda: log.read_text().count("stray") >= 3, 5)
         pong = protocol.decode_reply(_ping(up), extended=True)
         report.check(
             "bad datagrams and stray stream parts logged, server still answers",

@@ -37,13 +37,8 @@ def read_log(path) -> str:
         return ""
 
 
-def wait_for(pred, timeout=15.0, step=0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
+def wait_for(pred, timeout=15.0) -> bool:
+    return procs.wait_for(pred, timeout)
 
 
 def master_frames(directory, name="series_1") -> np.ndarray:

@@ -490,5 +490,8 @@ class MrT(runtime.Service):
         if self.writer is not None:
             left += self.writer.stop()
         if self.context is not None:
-            self.context.term()
+            if self.source is not None and self.source.is_alive():
+                log.warning("zmq receiver still running at stop; ZeroMQ context left open")
+            else:
+                self.context.term()
         return int(left)

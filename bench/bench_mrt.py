@@ -202,7 +202,7 @@ def mrt_udp(shape, n: int, payload: int) -> tuple[float, int, float]:
     zp, up = procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
     server = harness.start_mrt(up, zp, "--frame-cache-bytes", "4G", "--udp-payload-size", payload)
     sim = harness.start_sim(zp, *sim_args(shape, n), "--encoding", "raw", "--series", REPEAT,
-                            "--pause", 1.0)  # fmt: skip
+                            "--pause", 4.0)  # fmt: skip
     best, nbytes, lean = 0.0, 0, 0.0
     try:
         with harness.MrTClient(procs.LOOPBACK, up) as c:
@@ -214,13 +214,17 @@ def mrt_udp(shape, n: int, payload: int) -> tuple[float, int, float]:
                     if pong is not None and pong.series_id == sid:
                         break
                     time.sleep(0.01)
-                time.sleep(0.5)  # let the whole series arrive: only serving is measured
+                # let the whole series arrive: only serving is measured (and the next
+                # series, 4 s after this one, must not replace it during the fetch)
+                time.sleep(0.5)
                 if sid == REPEAT:  # the last series: a minimal client, server cost only
                     lean = lean_fetch(c.sock, pong.frame_count)
                     continue
                 t0 = time.perf_counter()
                 data = c.fetch(pong)
                 dt = time.perf_counter() - t0
+                if data.frame_count != len(data.frames):
+                    raise RuntimeError(f"series {sid}: {len(data.frames)} of {n} frames")
                 best, nbytes = max(best, data.nbytes / dt), data.nbytes
         return best, nbytes, lean
     finally:

@@ -163,9 +163,10 @@ class MrTClient:
         self.last_series = pong.series_id
         resends = 0
         last_progress = time.monotonic()
+        send = self.sock.send
         while not st.done:
             req = st.next_request()
-            self.sock.send(req.encode())
+            send(req.encode())
             deadline = time.monotonic() + self.timeout
             outcome = None
             while outcome is None:

@@ -64,7 +64,7 @@ class Ping:
         return bytes([PING])
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Pong:
     series_id: int = 0
     frame_count: int = 0
@@ -73,7 +73,7 @@ class Pong:
         return _PONG.pack(PONG, self.series_id, self.frame_count)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ExtendedPong:
     """The pong of the original's later versions: adds bits, shape and a name."""
 
@@ -100,7 +100,7 @@ class ExtendedPong:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PacketRequest:
     frame: int
     start: int
@@ -109,7 +109,7 @@ class PacketRequest:
         return _REQ.pack(PACKET_REQUEST, self.frame, self.start)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PacketReply:
     premature_end: int
     frame: int

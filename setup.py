@@ -24,7 +24,11 @@ SPECSRV: list[str] = []
 ARCHONSRV: list[str] = []
 
 # mrt
-MRT: list[str] = []
+MRT = [
+    "mr_t = mrt.cli:main",
+    "mr_t_client = mrt.client:main",
+    "eiger-zmq-sim = mrt.sim:main",
+]
 
 CONSOLE_SCRIPTS = COMMON + MARSERVER + SPECSRV_HDW + SPECSRV + ARCHONSRV + MRT
 

@@ -1,0 +1,336 @@
+"""Mr. T benchmarks, every figure a ratio against a baseline measured in the same run.
+
+1. ZeroMQ ingest of EIGER2 4M and 500K bslz4 frames from ``eiger-zmq-sim``
+   flat out: mr_t's frames per second (series start to end in its log)
+   divided by a bare pyzmq PULL loop receiving the same simulator run.
+2. UDP serving to one stop-and-wait client (``MrTClient``): bytes per second
+   divided by a bare UDP request/reply loop (a minimal server process
+   answering 9-byte requests with 17 + payload bytes) with the same payload;
+   also mr_t served to a minimal client loop (the server's share alone).
+3. HDF5 output: frames per second through mr_t's writer (queue, thread,
+   NXmx files) divided by a bare h5py ``write_direct_chunk`` loop of the same
+   blobs into a preallocated data set; also end to end (simulator -> mr_t
+   process -> files, from mr_t's log), which ingest bounds as well.
+
+``python -m bench mrt [--quick]``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import h5py
+import hdf5plugin
+import zmq
+
+from common import procs
+from mrt import harness
+from mrt.protocol import Header, Image, SeriesEnd
+from mrt.server import Hdf5Writer
+from mrt.sim import FrameSource
+
+EIGER2_4M = (2068, 2162)
+EIGER2_500K = (1028, 512)
+REPEAT = 3
+TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) ")
+
+
+def log_time(log: Path, needle: str, timeout: float = 120.0) -> float:
+    """Timestamp (seconds) of the first log line containing ``needle``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        for line in text.splitlines():
+            if needle in line:
+                m = TS.match(line)
+                if m:
+                    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        time.sleep(0.05)
+    raise TimeoutError(f"{needle!r} not in {log}")
+
+
+def sim_args(shape, n: int) -> list:
+    return ["--width", shape[0], "--height", shape[1], "--frames", n, "--rate", 0,
+            "--distinct", 2]  # fmt: skip
+
+
+def bare_pull(shape, n: int, keep: bool = False) -> float:
+    """Frames per second a bare PULL loop receives from the simulator.
+
+    With ``keep`` the loop holds on to every frame, as a cache must.
+    """
+    zp = procs.free_port()
+    sim = harness.start_sim(zp, *sim_args(shape, n))
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.connect(harness.endpoint(zp))
+    try:
+        frames = 0
+        kept = []
+        t0 = None
+        while True:
+            parts = sock.recv_multipart(copy=False)
+            if t0 is None:
+                t0 = time.perf_counter()  # the header
+                continue
+            if len(parts) == 1:  # series end
+                break
+            frames += 1
+            if keep:
+                kept.append(parts[2])
+        return frames / (time.perf_counter() - t0)
+    finally:
+        sock.close(0)
+        ctx.term()
+        procs.stop(sim)
+
+
+def mrt_ingest(shape, n: int, tmp: Path) -> float:
+    zp, up = procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
+    tmp.mkdir(parents=True, exist_ok=True)
+    return rate_from_log(
+        shape, n, tmp / "ingest.log", ("series 1 started", "series 1 ended"), zp, up
+    )
+
+
+def rate_from_log(shape, n: int, log: Path, needles, zp: int, up: int, *mrt_args) -> float:
+    """Run the simulator into mr_t; frames per second between two log lines of mr_t."""
+    server = harness.start_mrt(up, zp, "--frame-cache-bytes", "4G", "-l", log, *mrt_args)
+    sim = harness.start_sim(zp, *sim_args(shape, n))
+    try:
+        t0 = log_time(log, needles[0])
+        t1 = log_time(log, needles[1])
+        return n / max(t1 - t0, 1e-3)
+    finally:
+        procs.stop(sim)
+        procs.stop(server)
+
+
+def bench_ingest(label: str, shape, n: int, tmp: Path) -> float:
+    blob = FrameSource(*shape).blob(0)
+    base = ours = keep = 0.0
+    for i in range(REPEAT):  # interleaved, best of each: the machine is shared
+        base = max(base, bare_pull(shape, n))
+        keep = max(keep, bare_pull(shape, n, keep=True))
+        ours = max(ours, mrt_ingest(shape, n, tmp / f"{shape[0]}-{i}"))
+    ratio = ours / base
+    print(
+        f"ingest {label} ({shape[0]}x{shape[1]} bslz4, {len(blob) / 1e6:.2f} MB/frame, "
+        f"{n} frames): "
+        f"mr_t {ours:.0f} fps, bare PULL {base:.0f} fps, ratio {ratio:.2f} (target >= 0.8); "
+        f"bare PULL keeping every frame {keep:.0f} fps, ratio {ours / keep:.2f}"
+    )
+    return ratio
+
+
+# -- UDP ----------------------------------------------------------------------------
+def baseline_udp_server(port: int, payload: int) -> int:
+    """A bare request/reply server: 9-byte request in, 17 + payload bytes out."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", port))
+    reply = bytes(17 + payload)
+    while True:
+        data, addr = s.recvfrom(100)
+        if data == b"quit":
+            return 0
+        s.sendto(reply, addr)
+
+
+def bare_udp(total: int, payload: int) -> float:
+    port = procs.free_port(socket.SOCK_DGRAM)
+    srv = procs.start("bench.bench_mrt", "--udp-baseline", str(port), str(payload))
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", port))
+    s.settimeout(0.2)
+    try:
+        req = struct.pack(">BII", 2, 0, 0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # wait for the server
+            try:
+                s.send(req)
+                s.recv(70000)
+                break
+            except OSError:
+                time.sleep(0.05)
+        got = 0
+        t0 = time.perf_counter()
+        while got < total:
+            s.send(req)
+            try:
+                got += len(s.recv(70000)) - 17
+            except TimeoutError:
+                continue
+        return got / (time.perf_counter() - t0)
+    finally:
+        s.send(b"quit")
+        s.close()
+        procs.stop(srv)
+
+
+def lean_fetch(sock: socket.socket, frames: int) -> float:
+    """Bytes per second of a minimal stop-and-wait loop fetching a whole series."""
+    got = 0
+    t0 = time.perf_counter()
+    for frame in range(frames):
+        start, total = 0, 1
+        while start < total:
+            sock.send(struct.pack(">BII", 2, frame, start))
+            try:
+                data = sock.recv(70000)
+            except TimeoutError:
+                continue
+            _, _, f, s, total = struct.unpack_from(">BIIII", data)
+            if f == frame and s == start and total:
+                start += len(data) - 17
+                got += len(data) - 17
+            elif not total:
+                total = 1
+    return got / (time.perf_counter() - t0)
+
+
+def mrt_udp(shape, n: int, payload: int) -> tuple[float, int, float]:
+    """Best of REPEAT series fetched by ``MrTClient`` once each series is complete."""
+    zp, up = procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
+    server = harness.start_mrt(up, zp, "--frame-cache-bytes", "4G", "--udp-payload-size", payload)
+    sim = harness.start_sim(zp, *sim_args(shape, n), "--encoding", "raw", "--series", REPEAT,
+                            "--pause", 4.0)  # fmt: skip
+    best, nbytes, lean = 0.0, 0, 0.0
+    try:
+        with harness.MrTClient(procs.LOOPBACK, up) as c:
+            for sid in range(1, REPEAT + 1):
+                deadline = time.monotonic() + 60
+                pong = None
+                while time.monotonic() < deadline:
+                    pong = c.ping()
+                    if pong is not None and pong.series_id == sid:
+                        break
+                    time.sleep(0.01)
+                # let the whole series arrive: only serving is measured (and the next
+                # series, 4 s after this one, must not replace it during the fetch)
+                time.sleep(0.5)
+                if sid == REPEAT:  # the last series: a minimal client, server cost only
+                    lean = lean_fetch(c.sock, pong.frame_count)
+                    continue
+                t0 = time.perf_counter()
+                data = c.fetch(pong)
+                dt = time.perf_counter() - t0
+                if data.frame_count != len(data.frames):
+                    raise RuntimeError(f"series {sid}: {len(data.frames)} of {n} frames")
+                best, nbytes = max(best, data.nbytes / dt), data.nbytes
+        return best, nbytes, lean
+    finally:
+        procs.stop(sim)
+        procs.stop(server)
+
+
+def bench_udp(payload: int, n: int) -> float:
+    ours, nbytes, lean = mrt_udp(EIGER2_500K, n, payload)
+    base = max(bare_udp(nbytes, payload) for _ in range(REPEAT))
+    print(
+        f"UDP serving, payload {payload} B, {nbytes / 1e6:.1f} MB: mr_t + MrTClient "
+        f"{ours / 1e6:.1f} MB/s, bare request/reply {base / 1e6:.1f} MB/s, "
+        f"ratio {ours / base:.2f} (target >= 0.7); mr_t with a minimal client loop "
+        f"{lean / 1e6:.1f} MB/s, ratio {lean / base:.2f}"
+    )
+    return ours / base
+
+
+# -- HDF5 ---------------------------------------------------------------------------
+def bare_h5(shape, n: int, tmp: Path) -> float:
+    """A bare loop: preallocated data set, one direct chunk write per frame."""
+    src = FrameSource(*shape, distinct=2)
+    blobs = [src.blob(0), src.blob(1)]
+    path = tmp / "bare.h5"
+    t0 = time.perf_counter()
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset(
+            "entry/data/data",
+            shape=(n, shape[1], shape[0]),
+            chunks=(1, shape[1], shape[0]),
+            dtype="<u2",
+            **hdf5plugin.Bitshuffle(nelems=0, cname="lz4"),
+        )
+        for k in range(n):
+            d.id.write_direct_chunk((k, 0, 0), blobs[k % 2])
+    dt = time.perf_counter() - t0
+    path.unlink()
+    return n / dt
+
+
+def writer_h5(shape, n: int, tmp: Path) -> float:
+    """mr_t's HDF5 output path (queue, writer thread, NXmx files) fed in process."""
+    src = FrameSource(*shape, distinct=2)
+    out = tmp / "writer"
+    out.mkdir(exist_ok=True)
+    blobs = [src.blob(0), src.blob(1)]  # encoded before timing, as in bare_h5
+    w = Hdf5Writer(str(out), 1000, 1 << 32)
+    w.start()
+    stop = threading.Event()
+    t0 = time.perf_counter()
+    w.put(1, Header(1, "basic", {"nimages": n, "ntrigger": 1}), stop)
+    for k in range(n):
+        w.put(1, Image(1, k, src.shape, src.dtype, src.encoding, blobs[k % 2]), stop)
+    w.put(1, SeriesEnd(1), stop)
+    w.stop(120)
+    dt = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
+    return n / dt
+
+
+def mrt_h5(shape, n: int, tmp: Path) -> float:
+    """End to end: simulator flat out -> mr_t process -> files (bounded by ingest too)."""
+    zp, up = procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
+    out = tmp / "h5"
+    out.mkdir(exist_ok=True)
+    needles = ("hdf5: series 1 to", "series_1_master.h5 complete")
+    try:
+        return rate_from_log(shape, n, tmp / "h5.log", needles, zp, up, "--hdf5-output", out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def bench_h5(n: int, tmp: Path) -> float:
+    base = ours = 0.0
+    for _ in range(REPEAT):
+        base = max(base, bare_h5(EIGER2_500K, n, tmp))
+        ours = max(ours, writer_h5(EIGER2_500K, n, tmp))
+    e2e = mrt_h5(EIGER2_500K, n, tmp)
+    print(
+        f"HDF5 output, 500K bslz4, {n} frames: mr_t writer {ours:.0f} fps, bare direct-chunk "
+        f"loop {base:.0f} fps, ratio {ours / base:.2f} (target >= 0.8); end to end from the "
+        f"simulator through the mr_t process {e2e:.0f} fps, ratio {e2e / base:.2f}"
+    )
+    return ours / base
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--udp-baseline"]:
+        return baseline_udp_server(int(argv[1]), int(argv[2]))
+    quick = "--quick" in argv
+    tmp = Path(tempfile.mkdtemp(prefix="bench-mrt-"))
+    try:
+        print(
+            "figures are ratios against baselines measured in this run, best of "
+            f"{REPEAT} interleaved runs each (noisy shared machine)"
+        )
+        bench_ingest("EIGER2 4M", EIGER2_4M, 60 if quick else 150, tmp)
+        bench_ingest("EIGER2 500K", EIGER2_500K, 300 if quick else 1000, tmp)
+        bench_udp(10000, 20 if quick else 60)
+        bench_h5(300 if quick else 1000, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,497 @@
+"""Mr. T's I/O layer: ZeroMQ receiver, UDP server, HDF5 writer threads.
+
+Threads (each owns its sockets or files; they share the
+:class:`~mrt.series.SeriesStore` under one lock):
+
+* ``zmq-receiver``: connects a PULL socket once and stays connected, decodes
+  every message with :func:`mrt.protocol.decode_stream`, applies it to the
+  store.  It reads the next message only while the cache has room, so a full
+  cache stops the reading and ZeroMQ's flow control holds the detector back;
+  no frame is ever dropped.  (``h5-replay`` does the same from a file.)
+* ``udp``: a socketserver UDP server answering pings and packet requests.
+* ``hdf5-writer``: writes each series to NXmx files from a bounded queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+
+from common import runtime
+from common.config import ConfigError
+from common.server import ServerThread
+
+from . import hdf5, protocol
+from .protocol import Header, Image, SeriesEnd, WireError
+from .series import Note, SeriesStore
+
+log = logging.getLogger("mrt")
+
+ZMQ_RCVHWM = 64
+WRITER_QUEUE_FRAMES = 64
+MAX_ZMQ_MESSAGE = 1 << 30
+
+
+class LogLimiter:
+    """At most ``burst`` lines per ``period`` seconds per key; counts the rest."""
+
+    def __init__(self, burst: int = 10, period: float = 5.0) -> None:
+        self.burst, self.period = burst, period
+        self._state: dict[str, list] = {}
+        self._lock = threading.Lock()
+
+    def log(self, key: str, level: int, text: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            st = self._state.setdefault(key, [now, 0, 0])
+            if now - st[0] >= self.period:
+                if st[2]:
+                    log.log(level, "%d more %s messages suppressed", st[2], key)
+                st[:] = [now, 0, 0]
+            st[1] += 1
+            if st[1] > self.burst:
+                st[2] += 1
+                return
+        log.log(level, "%s", text)
+
+
+class Shared:
+    """The store, its lock, and the condition the receiver waits on."""
+
+    def __init__(self, store: SeriesStore) -> None:
+        self.store = store
+        self.lock = threading.Lock()
+        self.room = threading.Condition(self.lock)
+        self.stopping = threading.Event()
+        self.limiter = LogLimiter()
+
+    def notes(self, notes: list[Note], key: str = "stream") -> None:
+        for n in notes:
+            if n.level >= logging.WARNING:
+                self.limiter.log(key, n.level, n.text)
+            else:
+                log.log(n.level, "%s", n.text)
+
+
+# -- HDF5 writer -----------------------------------------------------------------
+class Hdf5Writer:
+    """Writer thread fed through a queue bounded by frames and bytes."""
+
+    def __init__(self, directory: str, frames_per_file: int, byte_limit: int) -> None:
+        self.directory = directory
+        self.frames_per_file = frames_per_file
+        self.byte_limit = byte_limit
+        self._q: queue.Queue = queue.Queue()
+        self._cond = threading.Condition()
+        self._frames = 0
+        self._bytes = 0
+        self._thread = threading.Thread(target=self._run, name="hdf5-writer", daemon=True)
+        self.current: hdf5.SeriesWriter | None = None
+        self.failed_series: int | None = None
+        self.files_done = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def has_room(self) -> bool:
+        with self._cond:
+            return self._room()
+
+    def _room(self) -> bool:
+        return self._frames == 0 or (
+            self._frames < WRITER_QUEUE_FRAMES and self._bytes < self.byte_limit
+        )
+
+    def put(self, series_id: int, msg, stopping: threading.Event) -> bool:
+        """Queue a message; blocks while the queue is full.  False if stopping."""
+        size = msg.nbytes if isinstance(msg, Image) else 0
+        with self._cond:
+            while not self._room():
+                if stopping.is_set():
+                    return False
+                self._cond.wait(0.25)
+            if isinstance(msg, Image):
+                self._frames += 1
+                self._bytes += size
+        self._q.put((series_id, msg))
+        return True
+
+    def _done_with(self, msg) -> None:
+        if isinstance(msg, Image):
+            with self._cond:
+                self._frames -= 1
+                self._bytes -= msg.nbytes
+                self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                break
+            series_id, msg = item
+            try:
+                self._handle(series_id, msg)
+            except Exception:  # noqa: BLE001 - a bug here must not stop the writer
+                log.exception("hdf5: unexpected error")
+            finally:
+                self._done_with(msg)
+        self._close()
+
+    def _close(self) -> None:
+        w, self.current = self.current, None
+        if w is None:
+            return
+        try:
+            w.close()
+            self.files_done += 1
+            log.info(
+                "hdf5: %s complete, %d frames in %d data files",
+                w.master_path,
+                w.written,
+                len(w.data_paths),
+            )
+        except Exception as exc:  # noqa: BLE001 - disk full at close
+            log.error("hdf5: closing %s failed, its files are incomplete: %s", w.master_path, exc)
+            w.abandon()
+
+    def _fail(self, series_id: int, what: str, exc: Exception) -> None:
+        log.error("hdf5: %s failed (%s); series %d is not written further", what, exc, series_id)
+        self.failed_series = series_id
+        w, self.current = self.current, None
+        if w is not None:
+            w.abandon()
+
+    def _handle(self, series_id: int, msg) -> None:
+        if isinstance(msg, Header):
+            self._close()
+            self.failed_series = None
+            try:
+                self.current = hdf5.SeriesWriter(
+                    self.directory, msg, series_id, self.frames_per_file
+                )
+                log.info("hdf5: series %d to %s", series_id, self.current.master_path)
+            except Exception as exc:  # noqa: BLE001 - unwritable directory, full disk
+                self._fail(series_id, "creating the master file", exc)
+        elif isinstance(msg, Image):
+            if self.current is None:
+                return
+            try:
+                self.current.write(msg)
+            except Exception as exc:  # noqa: BLE001 - full disk, I/O error
+                self._fail(series_id, f"writing frame {self.current.written}", exc)
+        elif isinstance(msg, SeriesEnd):
+            self._close()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        self._q.put(None)
+        self._thread.join(timeout)
+        return self._thread.is_alive()
+
+
+# -- stream input ------------------------------------------------------------------
+class Ingest:
+    """Applies stream messages to the store, with back-pressure; shared by the sources."""
+
+    def __init__(self, shared: Shared, writer: Hdf5Writer | None) -> None:
+        self.shared = shared
+        self.writer = writer
+
+    def wait_for_room(self) -> bool:
+        """Block until the cache (and the writer queue) can take one more frame."""
+        sh = self.shared
+        while not sh.stopping.is_set():
+            # unlocked look first (the common case); apply() checks again under the lock
+            if sh.store.has_room() and (self.writer is None or self.writer.has_room()):
+                return True
+            with sh.room:
+                if not sh.store.has_room():
+                    sh.room.wait(0.1)
+                    continue
+            if self.writer is not None and not self.writer.has_room():
+                time.sleep(0.01)
+        return False
+
+    def apply(self, msg) -> None:
+        """Apply one message; an image waits until it fits in the cache."""
+        sh = self.shared
+        is_image = isinstance(msg, Image)
+        with sh.room:
+            while is_image and sh.store.current is not None and not sh.store.fits(msg.nbytes):
+                if sh.stopping.is_set():
+                    return
+                sh.room.wait(0.1)
+            _, notes = sh.store.on_stream(msg)
+            series = sh.store.current.id if sh.store.current is not None else 0
+        if notes:
+            sh.notes(notes)
+        if self.writer is not None and not isinstance(msg, WireError):
+            if not any("skipped" in n.text for n in notes):
+                self.writer.put(series, msg, sh.stopping)
+
+
+class ZmqReceiver(threading.Thread):
+    def __init__(
+        self, endpoint: str, ingest: Ingest, context: zmq.Context, rcvhwm: int = ZMQ_RCVHWM
+    ) -> None:
+        super().__init__(name="zmq-receiver", daemon=True)
+        self.endpoint = endpoint
+        self.rcvhwm = rcvhwm
+        self.ingest = ingest
+        self.context = context
+
+    def run(self) -> None:
+        sh = self.ingest.shared
+        sock = self.context.socket(zmq.PULL)
+        try:
+            sock.setsockopt(zmq.RCVHWM, self.rcvhwm)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_ZMQ_MESSAGE)
+            sock.connect(self.endpoint)
+            log.info("zmq: PULL connected to %s", self.endpoint)
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            while not sh.stopping.is_set():
+                if not self.ingest.wait_for_room():
+                    break
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    poller.poll(250)  # nothing queued: sleep until something is
+                    continue
+                msg = protocol.decode_stream([p.buffer for p in parts])
+                self.ingest.apply(msg)
+        except zmq.ZMQError as exc:
+            if not sh.stopping.is_set():
+                log.error("zmq: %s", exc)
+        except Exception:  # noqa: BLE001 - log, the UDP side keeps serving
+            log.exception("zmq receiver failed")
+        finally:
+            sock.close(0)
+
+
+class H5Replay(threading.Thread):
+    """``--input-h5-file``: one series from a file, then keep serving it."""
+
+    def __init__(self, path: str, ingest: Ingest) -> None:
+        super().__init__(name="h5-replay", daemon=True)
+        self.path = path
+        self.ingest = ingest
+
+    def run(self) -> None:
+        try:
+            n = hdf5.frame_count(self.path)
+            frames = hdf5.read_frames(self.path)
+            first = next(frames, None)
+            cfg = {"nimages": n, "ntrigger": 1}
+            if first is not None:
+                cfg.update(x_pixels_in_detector=first.shape[1], y_pixels_in_detector=first.shape[0])
+            self.ingest.apply(Header(series=1, detail="basic", config=cfg))
+            k = 0
+            while first is not None and not self.ingest.shared.stopping.is_set():
+                f = first
+                self.ingest.apply(Image(1, k, f.shape, f.dtype, f.encoding, f.blob))
+                k += 1
+                first = next(frames, None)
+            if not self.ingest.shared.stopping.is_set():
+                self.ingest.apply(SeriesEnd(1))
+                log.info("h5 replay: %d frames of %s delivered", k, self.path)
+        except Exception as exc:  # noqa: BLE001 - a broken file: log, keep the UDP side up
+            log.error("h5 replay of %s failed: %s", self.path, exc)
+
+
+# -- UDP ---------------------------------------------------------------------------
+class UdpServer(socketserver.UDPServer):
+    """One thread answers every client, datagram by datagram."""
+
+    # requests are 9 bytes; anything longer is wrong anyway and is seen truncated
+    max_packet_size = 2048
+    allow_reuse_address = False
+
+    def __init__(self, addr, shared: Shared) -> None:
+        self.shared = shared
+        self._stop_requested = False
+        self._stopped = threading.Event()
+        self._stopped.set()
+        super().__init__(addr, socketserver.BaseRequestHandler)
+
+    def process_request(self, request, client_address) -> None:
+        data, sock = request
+        self.on_datagram(data, sock, client_address)
+
+    def serve_forever(self, poll_interval: float = 0.25) -> None:
+        """Blocking receive loop: one ``recvfrom`` and one send per request.
+
+        Stop-and-wait clients send one datagram per round trip, so a selector
+        (or a socket timeout, which polls before every call) would double the
+        system calls per request.  :meth:`shutdown` wakes the loop with an
+        empty datagram to itself.
+        """
+        self._stopped.clear()
+        self.socket.settimeout(None)
+        try:
+            while not self._stop_requested:
+                try:
+                    data, addr = self.socket.recvfrom(self.max_packet_size)
+                except OSError as exc:
+                    if self._stop_requested:
+                        break
+                    self.shared.limiter.log("udp-recv", logging.WARNING, f"udp: receive: {exc}")
+                    time.sleep(0.01)
+                    continue
+                if self._stop_requested:
+                    break
+                try:
+                    self.on_datagram(data, self.socket, addr)
+                except Exception:  # noqa: BLE001 - one bad datagram must not stop serving
+                    self.handle_error((data, self.socket), addr)
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self._stop_requested = True
+        host, port = self.server_address[:2]
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        for _ in range(10):
+            try:
+                with socket.socket(self.address_family, socket.SOCK_DGRAM) as s:
+                    s.sendto(b"", (host, port))
+            except OSError as exc:
+                log.debug("udp: wake-up datagram: %s", exc)
+            if self._stopped.wait(0.2):
+                return
+
+    def on_datagram(self, data: bytes, sock, addr) -> None:
+        sh = self.shared
+        with sh.lock:
+            replies, notes, evicted = sh.store.on_datagram(data)
+            if evicted:
+                sh.room.notify_all()
+        for n in notes:
+            if n.level >= logging.WARNING:
+                sh.limiter.log("udp", n.level, f"{n.text} from {addr[0]}:{addr[1]}")
+            else:
+                log.log(n.level, "%s (from %s:%s)", n.text, addr[0], addr[1])
+        for r in replies:
+            try:
+                sock.sendmsg(r, (), 0, addr)
+            except OSError as exc:
+                sh.limiter.log("udp-send", logging.WARNING, f"udp: send to {addr}: {exc}")
+
+    def handle_error(self, request, client_address) -> None:
+        log.exception("udp: error serving %s", client_address)
+
+
+# -- the service -------------------------------------------------------------------
+class MrT(runtime.Service):
+    name = "mr_t"
+
+    def __init__(
+        self,
+        *,
+        udp_host: str,
+        udp_port: int,
+        endpoint: str | None = None,
+        input_h5: str | None = None,
+        frame_limit: int = 0,
+        byte_limit: int,
+        payload_size: int = protocol.DEFAULT_PAYLOAD,
+        extended_pong: bool = False,
+        hdf5_dir: str | None = None,
+        frames_per_file: int = hdf5.DEFAULT_FRAMES_PER_FILE,
+        zmq_rcvhwm: int = ZMQ_RCVHWM,
+    ) -> None:
+        self.zmq_rcvhwm = zmq_rcvhwm
+        self.udp_addr = (udp_host, udp_port)
+        self.endpoint = endpoint
+        self.input_h5 = input_h5
+        self.store = SeriesStore(
+            frame_limit=frame_limit,
+            byte_limit=byte_limit,
+            payload_size=payload_size,
+            extended_pong=extended_pong,
+        )
+        self.shared = Shared(self.store)
+        self.hdf5_dir = hdf5_dir
+        self.frames_per_file = frames_per_file
+        self.udp: UdpServer | None = None
+        self.udp_thread: ServerThread | None = None
+        self.writer: Hdf5Writer | None = None
+        self.source: threading.Thread | None = None
+        self.context: zmq.Context | None = None
+        self.on_stopped: Callable[[], None] | None = None
+
+    def bind(self) -> list:
+        import os
+
+        if self.hdf5_dir is not None and not os.path.isdir(self.hdf5_dir):
+            raise ConfigError(f"--hdf5-output {self.hdf5_dir}: not a directory")
+        if self.input_h5 is not None:
+            try:
+                hdf5.frame_count(self.input_h5)
+            except Exception as exc:  # noqa: BLE001 - any reason the file cannot be used
+                raise ConfigError(f"--input-h5-file {self.input_h5}: {exc}") from None
+        self.udp = UdpServer(self.udp_addr, self.shared)
+        return [self.udp]
+
+    def start(self) -> None:
+        if self.hdf5_dir is not None:
+            self.writer = Hdf5Writer(self.hdf5_dir, self.frames_per_file, self.store.byte_limit)
+            self.writer.start()
+        ingest = Ingest(self.shared, self.writer)
+        if self.input_h5 is not None:
+            self.source = H5Replay(self.input_h5, ingest)
+        else:
+            self.context = zmq.Context()
+            self.source = ZmqReceiver(self.endpoint, ingest, self.context, self.zmq_rcvhwm)
+        self.udp_thread = ServerThread(self.udp, "udp")
+        self.udp_thread.start()
+        log.info(
+            "UDP on %s:%d, payload %d bytes, cache limit %s frames / %d bytes",
+            self.udp.server_address[0],
+            self.udp.server_address[1],
+            self.store.payload_size,
+            self.store.frame_limit or "no",
+            self.store.byte_limit,
+        )
+        self.source.start()
+
+    def reload(self) -> str:
+        st = self.store.stats
+        return (
+            f"nothing to reload; {st.series} series, {st.frames} frames, "
+            f"{st.data_replies} data replies, {st.bad_datagrams} bad datagrams"
+        )
+
+    def stop(self) -> int:
+        self.shared.stopping.set()
+        with self.shared.room:
+            self.shared.room.notify_all()
+        left = 0
+        if self.source is not None:
+            self.source.join(2.0)
+            left += self.source.is_alive()
+        if self.udp_thread is not None:
+            self.udp_thread.stop()
+            left += self.udp_thread.thread.is_alive()
+        elif self.udp is not None:
+            self.udp.server_close()
+        if self.writer is not None:
+            left += self.writer.stop()
+        if self.context is not None:
+            if self.source is not None and self.source.is_alive():
+                log.warning("zmq receiver still running at stop; ZeroMQ context left open")
+            else:
+                self.context.term()
+        return int(left)

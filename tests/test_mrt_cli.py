@@ -1,0 +1,143 @@
+"""mrt command lines: usage errors, endpoint forms, daemon/lock/kill, the client command."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from common import procs
+from common.lock import pid_alive, read_pid
+from mrt import harness
+from mrt.cli import byte_size, zmq_endpoint
+from mrt.client import MrTClient
+from mrt.sim import FrameSource
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_endpoint_forms():
+    assert zmq_endpoint("tcp://10.0.0.5:9999") == "tcp://10.0.0.5:9999"
+    assert zmq_endpoint("eiger.example.org") == "tcp://eiger.example.org:9999"
+    assert zmq_endpoint("10.0.0.5:31001") == "tcp://10.0.0.5:31001"
+    assert zmq_endpoint("[::1]:5000") == "tcp://[::1]:5000"
+    for bad in ("", "host:0", "host:99999", "a b", "udp//x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            zmq_endpoint(bad)
+
+
+def test_byte_sizes():
+    assert byte_size("1024") == 1024
+    assert byte_size("512M") == 512 << 20
+    assert byte_size("2G") == 2 << 30
+    assert byte_size("64KiB") == 64 << 10
+    for bad in ("0", "-1", "1X", "lots"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            byte_size(bad)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--udp-host", "127.0.0.1", "--udp-port", "9000"],  # no input
+        ["--eiger-zmq-host-and-port", "h", "--input-h5-file", "f", "--udp-host", "h",
+         "--udp-port", "9000"],  # both inputs
+        ["--eiger-zmq-host-and-port", "h", "--udp-port", "9000"],  # no UDP host
+        ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "0"],
+        ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "1",
+         "--frame-cache-limit", "0"],
+        ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "1",
+         "--udp-payload-size", "70000"],
+        ["--eiger-zmq-host", "h", "--udp-host", "h", "--udp-port", "1"],  # no abbreviations
+    ],
+)  # fmt: skip
+def test_usage_errors_exit_2(args):
+    res = procs.run("mrt.cli", *args)
+    assert res.returncode == 2, res.stderr
+    assert b"mr_t: error:" in res.stderr
+
+
+def test_unusable_inputs_exit_1(tmp_path):
+    up = str(procs.free_port(socket.SOCK_DGRAM))
+    res = procs.run("mrt.cli", "--input-h5-file", tmp_path / "missing.h5",
+                    "--udp-host", "127.0.0.1", "--udp-port", up)  # fmt: skip
+    assert res.returncode == 1 and b"missing.h5" in res.stderr
+    res = procs.run("mrt.cli", "--eiger-zmq-host-and-port", "127.0.0.1", "--udp-host",
+                    "127.0.0.1", "--udp-port", up, "--hdf5-output", tmp_path / "nodir")  # fmt: skip
+    assert res.returncode == 1 and b"not a directory" in res.stderr
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        res = procs.run("mrt.cli", "--eiger-zmq-host-and-port", "127.0.0.1", "--udp-host",
+                        "127.0.0.1", "--udp-port", str(s.getsockname()[1]))  # fmt: skip
+        assert res.returncode == 1 and b"cannot listen" in res.stderr
+
+
+def test_daemon_lock_and_kill(tmp_path):
+    zp, up = procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
+    lock, log = tmp_path / "mr_t.pid", tmp_path / "mr_t.log"
+    common = ["--eiger-zmq-host-and-port", harness.endpoint(zp), "--udp-host", "127.0.0.1",
+              "--udp-port", str(up), "-L", str(lock), "-l", str(log)]  # fmt: skip
+    res = procs.run("mrt.cli", *common, "-d")
+    assert res.returncode == 0, res.stderr
+    deadline = time.monotonic() + 10
+    while read_pid(lock) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = read_pid(lock)
+    try:
+        assert pid and pid_alive(pid)
+        second = procs.run("mrt.cli", *common)
+        assert second.returncode == 1
+        with procs.running("mrt.sim", "--bind", harness.endpoint(zp), "--frames", 2):
+            assert len(harness.fetch_series(up).frames) == 2
+    finally:
+        res = procs.run("mrt.cli", "-k", "-L", str(lock))
+    assert res.returncode == 0, res.stderr
+    assert not lock.exists() and not pid_alive(pid)
+    assert "mr_t stopped" in log.read_text()
+
+
+def test_client_command_saves_frames(tmp_path):
+    zp, up = procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
+    with (
+        procs.running("mrt.cli", "--eiger-zmq-host-and-port", f"127.0.0.1:{zp}",
+                      "--udp-host", "127.0.0.1", "--udp-port", str(up)),
+        procs.running("mrt.sim", "--bind", harness.endpoint(zp), "--width", 30, "--height", 20,
+                      "--bits", 32, "--frames", 3, "--series", 2, "--pause", 0.5),
+    ):  # fmt: skip
+        res = procs.run("mrt.client", f"127.0.0.1:{up}", "--bits", "32", "--width", "30",
+                        "--height", "20", "-o", tmp_path / "s%d.npy", "--wait", "20")  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith(b"series 1: 3/3 frames, ")
+        with MrTClient("127.0.0.1", up) as c:  # a new client would join the ended series 1
+            deadline = time.monotonic() + 20
+            while getattr(c.ping(), "series_id", 0) != 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        res = procs.run("mrt.client", f"127.0.0.1:{up}", "--raw", "-o", tmp_path / "raw.bin",
+                        "--wait", "20")  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    src = FrameSource(30, 20, 32)
+    arr = np.load(tmp_path / "s1.npy")
+    assert arr.dtype == np.uint32 and (arr == [src.pixels(k) for k in range(3)]).all()
+    raw = (tmp_path / "raw.bin").read_bytes()
+    assert raw == b"".join(src.blob(k) for k in range(3))
+
+
+def test_client_usage_and_no_series():
+    up = procs.free_port(socket.SOCK_DGRAM)
+    res = procs.run("mrt.client", f"127.0.0.1:{up}", "-o", "x.npy")
+    assert res.returncode == 2 and b"--extended-pong" in res.stderr
+    res = procs.run("mrt.client", "nohostport")
+    assert res.returncode == 2
+    res = procs.run("mrt.client", f"127.0.0.1:{up}", "--wait", "0.5", "--timeout", "50")
+    assert res.returncode == 3 and b"no series" in res.stderr
+
+
+def test_sim_cannot_bind(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        res = procs.run("mrt.sim", "--bind", harness.endpoint(s.getsockname()[1]))
+    assert res.returncode == 1 and b"cannot bind" in res.stderr

@@ -1,0 +1,315 @@
+"""mrt pure cores: UDP codec, stream v1 codec, client state machine, series store rules."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mrt import protocol
+from mrt.protocol import (
+    ExtendedPong,
+    FrameFetch,
+    Header,
+    Image,
+    PacketReply,
+    PacketRequest,
+    Ping,
+    Pong,
+    SeriesEnd,
+    WireError,
+)
+from mrt.series import SeriesStore
+
+pytestmark = pytest.mark.timeout(120)
+
+u32 = st.integers(0, 0xFFFFFFFF)
+
+
+# -- UDP codec -----------------------------------------------------------------------
+def test_seed_layouts_byte_exact():
+    assert Ping().encode() == b"\x00"
+    assert Pong(7, 100).encode() == b"\x01\x00\x00\x00\x07\x00\x00\x00\x64"
+    assert PacketRequest(2, 10000).encode() == b"\x02" + struct.pack(">II", 2, 10000)
+    r = PacketReply(0, 1, 20, 30, b"abc").encode()
+    assert r == b"\x03" + struct.pack(">IIII", 0, 1, 20, 30) + b"abc"
+    x = ExtendedPong(1, 5, 16, 1028, 512, "lyso").encode()
+    assert x == struct.pack(">BIBHHIH", 1, 1, 16, 1028, 512, 5, 4) + b"lyso"
+
+
+@given(u32, u32)
+def test_request_round_trip(frame, start):
+    assert protocol.decode_request(PacketRequest(frame, start).encode()) == PacketRequest(
+        frame, start
+    )
+
+
+@given(u32, u32, u32, u32, st.binary(max_size=64))
+def test_reply_round_trip(pend, frame, start, total, payload):
+    r = PacketReply(pend, frame, start, total, payload)
+    assert protocol.decode_reply(r.encode()) == r
+
+
+@given(u32, u32, st.integers(0, 255), st.integers(0, 65535), st.integers(0, 65535))
+def test_pongs_round_trip(sid, count, bits, w, h):
+    assert protocol.decode_reply(Pong(sid, count).encode()) == Pong(sid, count)
+    x = ExtendedPong(sid, count, bits, w, h, "n\xe9")
+    assert protocol.decode_reply(x.encode(), extended=True) == x
+
+
+@given(st.binary(max_size=40))
+@settings(max_examples=400)
+def test_garbage_datagrams_give_errors_not_exceptions(data):
+    for msg in (
+        protocol.decode_request(data),
+        protocol.decode_reply(data),
+        protocol.decode_reply(data, extended=True),
+    ):
+        assert isinstance(msg, WireError | Ping | Pong | ExtendedPong | PacketRequest | PacketReply)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x00\x00", b"\x02" + b"\x00" * 7, b"\x02" + b"\x00" * 9, b"\x01", b"\x03", b"\x09"],
+)
+def test_bad_requests_are_errors(data):
+    assert isinstance(protocol.decode_request(data), WireError)
+
+
+# -- stream codec -----------------------------------------------------------------------
+def test_stream_messages_round_trip():
+    cfg = {"nimages": 5, "ntrigger": 2, "x_pixels_in_detector": 4}
+    for detail in ("none", "basic", "all"):
+        parts = protocol.encode_header(
+            3,
+            detail,
+            cfg,
+            flatfield=b"\0" * 32,
+            pixel_mask=b"\0" * 32,
+            countrate=b"\0" * 16,
+            shape_xy=(4, 2),
+            appendix=b'"my series"',
+        )
+        h = protocol.decode_stream(parts)
+        assert isinstance(h, Header) and h.detail == detail and h.series == 3
+        assert h.name == "my series" and not h.warnings
+        assert h.frame_count == (10 if detail != "none" else 0)
+        if detail == "all":
+            assert h.flatfield[0] == [4, 2] and h.countrate[0] == [2, 2]
+    img = protocol.decode_stream(
+        protocol.encode_image(3, 0, b"\1\2" * 8, (2, 4), "uint16", "<", appendix=b"x")
+    )
+    assert isinstance(img, Image)
+    assert (img.shape, img.bits, img.encoding, bytes(img.data)) == ((2, 4), 16, "<", b"\1\2" * 8)
+    assert img.appendix == b"x" and img.frame == 0 and not img.warnings
+    assert protocol.decode_stream(protocol.encode_end(3)) == SeriesEnd(3)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [],
+        [b"not json"],
+        [b"[1,2]"],
+        [b'{"htype":"dimage_d-1.0","shape":[4,4]}'],
+        [b'{"htype":"dconfig-1.0"}'],
+        [b"\x00\x01\x02"],
+        [b'{"htype":"dimage-1.0","frame":0}', b"{}"],
+        [
+            b'{"htype":"dimage-1.0"}',
+            b'{"htype":"dimage_d-1.0","shape":[4],"type":"uint8","encoding":"<"}',
+            b"x",
+            b"{}",
+        ],
+        [
+            b'{"htype":"dimage-1.0"}',
+            b'{"htype":"dimage_d-1.0","shape":[2,2],"type":"uint8","encoding":"zstd"}',
+            b"xxxx",
+            b"{}",
+        ],
+        [b'{"htype":"whatever-9"}'],
+    ],
+)
+def test_bad_stream_messages_are_errors(parts):
+    assert isinstance(protocol.decode_stream(parts), WireError)
+
+
+@given(st.lists(st.binary(max_size=60), max_size=10))
+@settings(max_examples=300)
+def test_stream_garbage_never_raises(parts):
+    protocol.decode_stream(parts)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.just(b'{"htype":"dheader-1.0","header_detail":"basic"}'),
+            st.just(b'{"htype":"dimage-1.0","frame":1}'),
+            st.just(b'{"htype":"dimage_d-1.0","shape":[2,2],"type":"uint8","encoding":"<"}'),
+            st.just(b'{"nimages":"x","ntrigger":null}'),
+            st.binary(max_size=8),
+        ),
+        max_size=10,
+    )
+)
+def test_stream_near_misses_never_raise(parts):
+    msg = protocol.decode_stream(parts)
+    if isinstance(msg, Header):
+        assert msg.frame_count >= 0 and isinstance(msg.name, str)
+
+
+def test_header_oddities_tolerated():
+    h = protocol.decode_stream(
+        [
+            json.dumps(
+                {"htype": "dheader-1.0", "series": "08/15", "header_detail": "basic"}
+            ).encode(),
+            json.dumps({"nimages": 4, "ntrigger": None}).encode(),
+        ]
+    )
+    assert h.frame_count == 4 and h.name == "series08/15"
+    h = protocol.decode_stream([b'{"htype":"dheader-1.0","series":1,"header_detail":"all"}'])
+    assert isinstance(h, Header) and h.frame_count == 0 and h.warnings
+    h = protocol.decode_stream(
+        [b'{"htype":"dheader-1.0","series":1,"header_detail":"none"}', b"\xff\xfe"]
+    )
+    assert h.name == "UNICODE_DECODE_ERROR"
+
+
+# -- client state machine -------------------------------------------------------------
+def test_fetch_state_machine():
+    f = FrameFetch(2)
+    assert f.next_request() == PacketRequest(0, 0)
+    assert f.on_reply(PacketReply(0, 0, 5, 6, b"x")) == "stale"
+    assert f.on_reply(PacketReply(0, 0, 0, 0)) == "wait"
+    assert f.on_reply(PacketReply(0, 0, 0, 6, b"abcd")) == "progress"
+    assert f.next_request() == PacketRequest(0, 4)
+    assert f.on_reply(PacketReply(0, 0, 0, 6, b"abcd")) == "stale"  # duplicate
+    assert f.on_reply(PacketReply(0, 0, 4, 6, b"ef")) == "progress"
+    assert f.frames == [b"abcdef"] and f.next_request() == PacketRequest(1, 0)
+    assert f.on_reply(PacketReply(0, 1, 0, 3, b"ghi")) == "done"
+    assert f.done and f.frames == [b"abcdef", b"ghi"]
+    g = FrameFetch(10)
+    g.on_reply(PacketReply(0, 0, 0, 1, b"a"))
+    assert g.on_reply(PacketReply(1, 1, 0, 0)) == "done"
+    assert g.premature_end == 1 and g.frames == [b"a"]
+    h = FrameFetch(0)
+    assert h.on_reply(PacketReply(protocol.NO_FRAMES_ENDED, 0, 0, 0)) == "done"
+    assert h.premature_end == 0 and h.frames == []
+
+
+# -- series store ----------------------------------------------------------------------
+def hdr(n=3, detail="basic", series=1):
+    return Header(series, detail, {"nimages": n, "ntrigger": 1} if detail != "none" else None)
+
+
+def img(data=b"0123456789", frame=None):
+    return Image(1, frame, (1, len(data)), "uint8", "<", data)
+
+
+def req(store, frame, start=0):
+    replies, notes, _ = store.on_datagram(PacketRequest(frame, start).encode())
+    return protocol.decode_reply(b"".join(replies[0])) if replies else None
+
+
+def pong(store):
+    (reply,) = store.on_datagram(b"\x00")[0]
+    return b"".join(reply)
+
+
+def test_store_rules():
+    s = SeriesStore(payload_size=4)
+    assert pong(s) == Pong(0, 0).encode()
+    assert req(s, 0) is None  # no series: ignored
+    s.on_stream(hdr())
+    assert pong(s) == Pong(1, 3).encode()
+    assert req(s, 0) == PacketReply(0, 0, 0, 0)  # not there yet
+    s.on_stream(img(b"abcdefghij"))
+    s.on_stream(img(b"KLMNOP"))
+    assert req(s, 0, 8) == PacketReply(0, 0, 8, 10, b"ij")
+    assert req(s, 0, 99) == PacketReply(0, 0, 99, 10, b"")  # absurd offset
+    assert req(s, 1, 0) == PacketReply(0, 1, 0, 6, b"KLMN")
+    assert 0 not in s.cache  # evicted after the reply for frame 1
+    assert req(s, 0) == PacketReply(0, 0, 0, 0)
+    s.on_stream(SeriesEnd(1))
+    assert req(s, 1, 4) == PacketReply(0, 1, 4, 6, b"OP")  # frame 1 still served
+    assert req(s, 5) == PacketReply(2, 5, 0, 0)  # ended early: 2 frames were sent
+    assert req(s, 1) == PacketReply(2, 1, 0, 0)  # and frame 1 is released now
+    s.on_stream(hdr(series=2))  # new series drops the cache, next id
+    assert pong(s) == Pong(2, 3).encode() and not s.cache
+
+
+def test_store_bounds_and_eviction():
+    s = SeriesStore(frame_limit=2, byte_limit=25)
+    s.on_stream(hdr(10))
+    assert s.has_room()
+    s.on_stream(img())
+    s.on_stream(img())
+    assert not s.has_room()  # frame limit
+    req(s, 1)
+    assert s.has_room() and list(s.cache) == [1]
+    assert s.fits(10) and not s.fits(16)  # byte limit
+    s.on_stream(img())
+    assert not s.has_room()
+    req(s, 5)  # a request for a later frame releases everything below it
+    assert not s.cache and s.cache_bytes == 0 and s.has_room()
+
+
+def test_store_odd_streams():
+    s = SeriesStore()
+    n, notes = s.on_stream(img())
+    assert n is None and "before any series" in notes[0].text
+    _, notes = s.on_stream(SeriesEnd(1))
+    assert notes and s.current is None
+    s.on_stream(hdr(detail="none"))
+    assert pong(s) == Pong(1, 0).encode()  # unknown count
+    assert s.on_stream(img(frame=0))[0] == 0
+    n, notes = s.on_stream(img(frame=5))
+    assert n == 1 and any("gap" in x.text for x in notes)
+    s.on_stream(SeriesEnd(1))
+    assert s.on_stream(img())[0] is None  # after the end
+    assert req(s, 2) == PacketReply(2, 2, 0, 0)
+    _, notes = s.on_stream(WireError("junk"))
+    assert s.stats.skipped_messages == 4 and "junk" in notes[0].text
+
+
+def test_store_ended_without_frames_is_visible():
+    s = SeriesStore()
+    s.on_stream(hdr(5))
+    s.on_stream(SeriesEnd(1))
+    assert req(s, 0) == PacketReply(protocol.NO_FRAMES_ENDED, 0, 0, 0)
+
+
+def test_store_extended_pong():
+    s = SeriesStore(extended_pong=True)
+    s.on_stream(Header(1, "basic", {"nimages": 2}, appendix=b"lyso_3"))
+    assert protocol.decode_reply(s.pong(), True) == ExtendedPong()  # before the first image
+    s.on_stream(Image(1, 0, (2, 3), "uint16", "<", b"\0" * 12))
+    assert protocol.decode_reply(s.pong(), True) == ExtendedPong(1, 2, 16, 3, 2, "lyso_3")
+
+
+@given(st.lists(st.tuples(st.sampled_from("hiepq"), st.integers(0, 6), st.integers(0, 30))))
+@settings(max_examples=200)
+def test_store_invariants_under_any_sequence(ops):
+    s = SeriesStore(frame_limit=3, byte_limit=40, payload_size=7)
+    for op, a, b in ops:
+        if op == "h":
+            s.on_stream(hdr(a))
+        elif op == "i":
+            if s.has_room():
+                s.on_stream(img(b"x" * (b % 15 + 1)))
+        elif op == "e":
+            s.on_stream(SeriesEnd(1))
+        elif op == "p":
+            assert protocol.decode_reply(pong(s))
+        else:
+            replies, _, _ = s.on_datagram(PacketRequest(a, b).encode())
+            for r in replies:
+                rep = protocol.decode_reply(b"".join(r))
+                assert len(rep.payload) <= 7 and rep.frame == a
+        assert len(s.cache) <= 3
+        assert s.cache_bytes == sum(len(v) for v in s.cache.values()) <= 40 + 15
+        assert list(s.cache) == sorted(s.cache)

@@ -136,6 +136,7 @@ class Packet:
     vers: int = SV_VERSION
     size: int = HEADER_SIZES[SV_VERSION]
     order: str = LITTLE  # byte order the packet arrived in (decoded packets)
+    raw_header: bytes = field(default=b"", repr=False)  # header bytes as received
 
     @property
     def cmd_name(self) -> str:
@@ -331,6 +332,7 @@ class Decoder:
             del self._buf[: self._hsize]
             self._hsize = 0
             pkt, length, problem = decode_header(hbuf, self.order)
+            pkt.raw_header = hbuf
             if length > self.max_data:
                 raise ProtocolError(f"data length {length} exceeds the limit of {self.max_data}")
             if self.version is None:

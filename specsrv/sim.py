@@ -538,14 +538,13 @@ class Hardware:
         return True
 
     def set_dial(self, mne: str, dial: float) -> None:
+        """New dial position; the offset stays, so the user position follows."""
         with self.lock:
             m = self.motor(mne)
-            user = m.user
             m.dial = m.quantise(dial)
-            # spec's set_dial keeps the user position by adjusting the offset
-            m.offset = user - m.sign * m.dial
+            m.slip = 0.0
             self.emit(f"motor/{m.mne}/dial_position", m.dial)
-            self.emit(f"motor/{m.mne}/offset", m.offset)
+            self.emit(f"motor/{m.mne}/position", m.user)
 
     def set_user(self, mne: str, user: float) -> None:
         with self.lock:

@@ -464,7 +464,12 @@ class Parser:
                 self.advance()
                 start = t.pos
                 words = self.words()
-                return ("macro", v, words, self.src[start : self.toks[self.i - 1].end] if words else v)
+                return (
+                    "macro",
+                    v,
+                    words,
+                    self.src[start : self.toks[self.i - 1].end] if words else v,
+                )
         return ("expr", self.expr())
 
     def _at_end(self) -> bool:
@@ -522,8 +527,10 @@ class Parser:
         kind = self.advance().value
         names = []
         while True:
-            if kind in ("local", "global") and self.tok.kind == "ident" and (
-                self.tok.value in ARRAY_TYPE_WORDS or self.tok.value == "array"
+            if (
+                kind in ("local", "global")
+                and self.tok.kind == "ident"
+                and (self.tok.value in ARRAY_TYPE_WORDS or self.tok.value == "array")
             ):
                 decl = self.try_array_decl(scope=kind)
                 if decl is not None:
@@ -881,7 +888,7 @@ class Interp:
             with open(path, "a", encoding="utf-8") as fh:
                 fh.write(text)
         except OSError as exc:
-            raise SpecError(f"Can't open \"{path}\": {exc.strerror}.") from None
+            raise SpecError(f'Can\'t open "{path}": {exc.strerror}.') from None
         self.on_output(path, text)
 
     # -- variables -----------------------------------------------------------------
@@ -916,7 +923,7 @@ class Interp:
             frame[name] = value
             return
         if name in self.constants or name in self.hw.by_mne or name in self.hw.cnt_by_mne:
-            raise SpecError(f"Can't assign to built-in or constant symbol \"{name}\".")
+            raise SpecError(f'Can\'t assign to built-in or constant symbol "{name}".')
         with self.lock:
             old = self.globals.get(name)
             if isinstance(old, DataArray) and not isinstance(value, DataArray):
@@ -1071,7 +1078,7 @@ class Interp:
         elif kind == "def":
             _, name, params, body = s
             if name in self.functions or name in WORD_COMMANDS:
-                raise SpecError(f"Can't redefine built-in \"{name}\".")
+                raise SpecError(f'Can\'t redefine built-in "{name}".')
             self.macros[name] = (params, body)
         elif kind == "undef":
             for n in s[1]:
@@ -1728,7 +1735,9 @@ class Interp:
             a.reshape(-1)[:] = start + step * np.arange(a.size)
             return 0.0
         if op in ("rows", "cols"):
-            return float(a.shape[0] if op == "rows" and a.ndim == 2 else 1 if op == "rows" else a.shape[-1])
+            return float(
+                a.shape[0] if op == "rows" and a.ndim == 2 else 1 if op == "rows" else a.shape[-1]
+            )
         if op in ("sum", "min", "max"):
             return float(getattr(np, op)(a)) if a.size else 0.0
         raise SpecError(f'array_op(): unknown operation "{op}".')
@@ -1846,7 +1855,9 @@ def spec_sprintf(fmt: str, args) -> str:
             n = to_num(v)
             iv = int(n) if math.isfinite(n) else 0
             if conv == "c":
-                out.append((spec + "c") % (chr(iv & 0xFF) if not isinstance(v, str) else (v or " ")[0]))
+                out.append(
+                    (spec + "c") % (chr(iv & 0xFF) if not isinstance(v, str) else (v or " ")[0])
+                )
             else:
                 if conv in "uoxX" and iv < 0:
                     iv &= 0xFFFFFFFF

@@ -239,7 +239,9 @@ def decode_header(buf: bytes, order: str) -> tuple[Packet, int, str | None]:
         values = dict(zip(names[:-1], base, strict=True))
         values["name"] = buf[size - SV_NAME_LEN : size]
     else:
-        values = dict(zip(names, struct.unpack(order + fmt, buf[: HEADER_SIZES[layout]]), strict=True))
+        values = dict(
+            zip(names, struct.unpack(order + fmt, buf[: HEADER_SIZES[layout]]), strict=True)
+        )
     raw_name = values["name"]
     nul = raw_name.find(b"\0")
     pkt = Packet(
@@ -495,7 +497,9 @@ def decode_array(t: int, rows: int, cols: int, data: bytes, order: str = LITTLE)
             body = data[:-1] if data.endswith(b"\0") else data
             strings = [s.decode("utf-8", "replace") for s in body.split(b"\0")]
         elif cols:
-            strings = [data[i : i + cols].decode("utf-8", "replace") for i in range(0, len(data), cols)]
+            strings = [
+                data[i : i + cols].decode("utf-8", "replace") for i in range(0, len(data), cols)
+            ]
         else:
             strings = []
         return np.array(strings, dtype=str)
@@ -571,7 +575,9 @@ def _looks_text(data: bytes) -> bool:
 def make_packet(cmd: int, value=None, *, sn: int = 0, name: str = "", flags: int = 0, order=LITTLE):
     """A packet carrying ``value`` encoded for byte ``order``."""
     t, rows, cols, data, err = encode_value(value, order)
-    return Packet(cmd=cmd, sn=sn, type=t, name=name, data=data, rows=rows, cols=cols, err=err, flags=flags)
+    return Packet(
+        cmd=cmd, sn=sn, type=t, name=name, data=data, rows=rows, cols=cols, err=err, flags=flags
+    )
 
 
 def split_func(data: bytes) -> list[str]:

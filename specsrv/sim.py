@@ -179,7 +179,9 @@ def parse_config(text: str, source: str = "<string>") -> SimConfig:
         else:
             c = CounterConfig(mne=mne, **values)
             if c.type not in COUNTER_KINDS:
-                raise ConfigError(f"{where}: counter type must be one of {', '.join(COUNTER_KINDS)}")
+                raise ConfigError(
+                    f"{where}: counter type must be one of {', '.join(COUNTER_KINDS)}"
+                )
             c.name = c.name or mne
             cfg.counters.append(c)
         if len(cfg.motors) > MAX_CHANNELS or len(cfg.counters) > MAX_CHANNELS:
@@ -325,8 +327,6 @@ class Counter:
         if self.kind == "timer":
             return round(elapsed * self.cfg.scale, 6)
         return float(math.floor(self.rate * elapsed))
-
-
 
 
 class Hardware:

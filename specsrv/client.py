@@ -303,15 +303,14 @@ class SpecConnection:
             self._waiters[pkt.sn] = w
         try:
             self._send(pkt)
-            if not w.event.wait(self.timeout if timeout is None else timeout):
+            limit = self.timeout if timeout is None else timeout
+            if not w.event.wait(limit):
                 if abort_on_timeout:
                     try:
                         self._send(Packet(cmd=Cmd.ABORT))
                     except ConnectionError:
                         pass
-                raise TimeoutError(
-                    f"no reply from {self.address} within {self.timeout if timeout is None else timeout} s"
-                )
+                raise TimeoutError(f"no reply from {self.address} within {limit} s")
         finally:
             with self._lock:
                 self._waiters.pop(pkt.sn, None)

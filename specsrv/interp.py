@@ -171,7 +171,8 @@ _TOKEN_RE = re.compile(
   | (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
   | (?P<dollar>\$(?:\d+|\*|\#|@))
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<op><<=|>>=|\+\+|--|&&|\|\||==|!=|<=|>=|<<|>>|\+=|-=|\*=|/=|%=|&=|\|=|\^=|[-+*/%<>=!~&|^?:;,()\[\]{}])
+  | (?P<op><<=|>>=|\+\+|--|&&|\|\||==|!=|<=|>=|<<|>>|\+=|-=|\*=|/=|%=|&=|\|=|\^=
+           |[-+*/%<>=!~&|^?:;,()\[\]{}])
     """,
     re.X | re.S,
 )
@@ -437,7 +438,7 @@ class Parser:
                 decl = self.try_array_decl()
                 if decl is not None:
                     return decl
-            if v in PRINT_COMMANDS and not self.peek().value in ASSIGN_OPS:
+            if v in PRINT_COMMANDS and self.peek().value not in ASSIGN_OPS:
                 self.advance()
                 args = []
                 if not self._at_end():

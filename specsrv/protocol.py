@@ -515,8 +515,8 @@ def decode_array(t: int, rows: int, cols: int, data: bytes, order: str = LITTLE)
             fatal=False,
         )
     arr = np.frombuffer(data, dtype=dt, count=n).astype(dt.newbyteorder("="))
-    if rows == 1 or cols == 1:
-        return arr.reshape(n)
+    if rows <= 1:
+        return arr.reshape(n)  # a vector is one row (rows N, cols 1 stays 2-D, as clients do)
     return arr.reshape(rows, cols)
 
 

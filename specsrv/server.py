@@ -16,7 +16,7 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,7 +24,8 @@ from common.server import ThreadedTCPServer
 
 from . import protocol as P
 from .interp import Assoc, DataArray, Interp, SpecError, format_value, is_numeric, to_num
-from .protocol import Cmd, Packet, SpecError as WireError, Type
+from .protocol import Cmd, Packet, Type
+from .protocol import SpecError as WireError
 from .sim import MOTOR_PARAMS, Hardware, SimConfig
 
 log = logging.getLogger("specsrv")

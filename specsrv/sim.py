@@ -417,14 +417,14 @@ class Hardware:
         if hs is not None and pos >= hs and start < hs:
             m.dial = m.quantise(hs)
             m.high_hit = 1
-            self._halt(m)
             self.emit(f"motor/{m.mne}/high_lim_hit", 1)
+            self._halt(m)
             return True
         if ls is not None and pos <= ls and start > ls:
             m.dial = m.quantise(ls)
             m.low_hit = 1
-            self._halt(m)
             self.emit(f"motor/{m.mne}/low_lim_hit", 1)
+            self._halt(m)
             return True
         return False
 

@@ -307,7 +307,7 @@ class SpecServer:
         head = parts[0]
         if prop == "error":
             return True, True
-        if head == "output" and len(parts) >= 2 and parts[1]:
+        if head == "output" and len(prop) > len("output/"):
             return True, False
         if head == "motor" and len(parts) == 3:
             if parts[1] not in self.hw.by_mne:
@@ -803,6 +803,17 @@ class ClientHandler:
         self.send_packet(P.make_packet(Cmd.EVENT, value, name=prop, order=self.order))
 
 
+class SpecTCPServer(ThreadedTCPServer):
+    """The shared server with a deeper listen backlog.
+
+    Clients scanning the port range connect and disconnect in bursts; with a
+    backlog of 16 a burst overflows it and the kernel drops SYNs, which costs
+    the client a one-second retransmission.
+    """
+
+    request_queue_size = 128
+
+
 class _Handler:
     """socketserver glue: a ClientHandler per accepted connection."""
 
@@ -824,7 +835,7 @@ def bind_first_free(host: str, ports: list[int], spec: SpecServer, allow=None) -
     last: OSError | None = None
     for port in ports:
         try:
-            tcp = ThreadedTCPServer((host, port), _Handler, name="specsrv", allow=allow)
+            tcp = SpecTCPServer((host, port), _Handler, name="specsrv", allow=allow)
         except OSError as exc:
             last = exc
             continue

@@ -92,7 +92,9 @@ def test_future_larger_header_is_tolerated():
 
 
 scalars = st.one_of(
-    st.text(alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=40),
+    st.text(
+        alphabet=st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=40
+    ),
     st.integers(min_value=-(10**14), max_value=10**14),
     st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300),
 )
@@ -134,7 +136,10 @@ def test_scalar_round_trip(value, order):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.dictionaries(keys, st.one_of(keys, st.integers(-1000, 1000)), max_size=8), st.sampled_from(ORDERS))
+@given(
+    st.dictionaries(keys, st.one_of(keys, st.integers(-1000, 1000)), max_size=8),
+    st.sampled_from(ORDERS),
+)
 def test_assoc_round_trip(items, order):
     pkt, back = _wire(items, order)
     assert pkt.type == Type.ASSOC
@@ -197,7 +202,9 @@ def test_numbers_use_percent_15g():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(1, 200), max_size=30), st.sampled_from(ORDERS), st.sampled_from([2, 3, 4]))
+@given(
+    st.lists(st.integers(1, 200), max_size=30), st.sampled_from(ORDERS), st.sampled_from([2, 3, 4])
+)
 def test_any_split_of_the_stream(cuts, order, vers):
     packets = [
         Packet(cmd=Cmd.HELLO, sn=1),

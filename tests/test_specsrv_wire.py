@@ -62,9 +62,33 @@ class Raw:
     def close(self) -> None:
         self.sock.close()
 
-    def pack(self, cmd, sn=0, name="", data=b"", type_=STRING, rows=0, cols=0, err=0, flags=0, length=None):
+    def pack(
+        self,
+        cmd,
+        sn=0,
+        name="",
+        data=b"",
+        type_=STRING,
+        rows=0,
+        cols=0,
+        err=0,
+        flags=0,
+        length=None,
+    ):
         v = self.vers
-        fields = [MAGIC, v, SIZES[v], sn, 0, 0, cmd, type_, rows, cols, len(data) if length is None else length]
+        fields = [
+            MAGIC,
+            v,
+            SIZES[v],
+            sn,
+            0,
+            0,
+            cmd,
+            type_,
+            rows,
+            cols,
+            len(data) if length is None else length,
+        ]
         if v >= 3:
             fields.append(err)
         if v >= 4:
@@ -101,11 +125,17 @@ class Raw:
         h["data"] = self._exact(h["len"]) if h["len"] else b""
         return h
 
-    def expect(self, cmd: int, name: str | None = None, sn: int | None = None, timeout: float = 5.0):
+    def expect(
+        self, cmd: int, name: str | None = None, sn: int | None = None, timeout: float = 5.0
+    ):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             h = self.recv(max(0.05, deadline - time.monotonic()))
-            if h["cmd"] == cmd and (name is None or h["name"] == name) and (sn is None or h["sn"] == sn):
+            if (
+                h["cmd"] == cmd
+                and (name is None or h["name"] == name)
+                and (sn is None or h["sn"] == sn)
+            ):
                 return h
         raise AssertionError(f"no packet cmd={cmd} name={name} sn={sn}")
 
@@ -153,7 +183,17 @@ def server(tmp_path_factory):
     port = procs.free_port()
     log = open(d / "server.log", "wb")
     proc = procs.start(
-        "specsrv.cli", "-S", str(port), "-H", "127.0.0.1", "-N", NAME, "-c", str(cfg), "-D", "0x1000",
+        "specsrv.cli",
+        "-S",
+        str(port),
+        "-H",
+        "127.0.0.1",
+        "-N",
+        NAME,
+        "-c",
+        str(cfg),
+        "-D",
+        "0x1000",
         stderr=log,
     )
     try:
@@ -240,8 +280,10 @@ def test_limit_switch_stops_the_motor(server):
     c.send(CHAN_SEND, name="motor/lim/start_one", data=b"2\0")
     evs = c.events(
         {"motor/lim/high_lim_hit", "motor/lim/move_done"},
-        lambda e: any(x["name"].endswith("high_lim_hit") and text(x) == "1" for x in e)
-        and text(e[-1]) == "0",
+        lambda e: (
+            any(x["name"].endswith("high_lim_hit") and text(x) == "1" for x in e)
+            and text(e[-1]) == "0"
+        ),
         timeout=10,
     )
     assert evs
@@ -258,7 +300,9 @@ def test_counting_events_and_values(server):
         c.send(REGISTER, name=p)
     c.events(props, lambda e: len(e) >= 3)
     c.send(CHAN_SEND, name="scaler/.all./count", data=b"0.4\0")
-    evs = c.events(props, lambda e: e[-1]["name"] == "scaler/.all./count" and text(e[-1]) == "0", 10)
+    evs = c.events(
+        props, lambda e: e[-1]["name"] == "scaler/.all./count" and text(e[-1]) == "0", 10
+    )
     counts = [text(e) for e in evs if e["name"] == "scaler/.all./count"]
     assert counts[0] == "1" and counts[-1] == "0"
     assert text(c.read("scaler/det/value")) == "200"
@@ -279,7 +323,7 @@ def test_assoc_round_trip_bytes(server):
     r = c.read("var/wire_assoc[beta]")
     assert text(r) == "two words"
     c.send(CHAN_SEND, name="var/wire_assoc[alpha]", data=b"5\0")
-    assert text(c.eval("wire_assoc[\"alpha\"] * 2")) == "10"
+    assert text(c.eval('wire_assoc["alpha"] * 2')) == "10"
     c.close()
 
 
@@ -440,15 +484,30 @@ def test_debug_lines_in_the_seed_format(server):
         if len(mine) >= 2:
             break
         time.sleep(0.05)
-    assert any(ln.endswith("2 CMD_WITH_RETURN                  2+2") and "sR   4242" in ln for ln in mine)
-    assert any(ln.endswith("2 REPLY                            4") and "sW   4242" in ln for ln in mine)
+    assert any(
+        ln.endswith("2 CMD_WITH_RETURN                  2+2") and "sR   4242" in ln for ln in mine
+    )
+    assert any(
+        ln.endswith("2 REPLY                            4") and "sW   4242" in ln for ln in mine
+    )
 
 
 def test_allow_list_refuses_other_hosts(tmp_path):
     port = procs.free_port()
     log = tmp_path / "a.log"
-    with open(log, "wb") as fh, procs.running(
-        "specsrv.cli", "-S", str(port), "-H", "127.0.0.1", "-A", "10.0.0.0/8", stderr=fh, wait_for=port
+    with (
+        open(log, "wb") as fh,
+        procs.running(
+            "specsrv.cli",
+            "-S",
+            str(port),
+            "-H",
+            "127.0.0.1",
+            "-A",
+            "10.0.0.0/8",
+            stderr=fh,
+            wait_for=port,
+        ),
     ):
         c = Raw(port)
         c.send(HELLO, sn=1)
@@ -457,7 +516,15 @@ def test_allow_list_refuses_other_hosts(tmp_path):
     assert "refused connection from 127.0.0.1" in log.read_text()
     port = procs.free_port()
     with procs.running(
-        "specsrv.cli", "-S", str(port), "-H", "127.0.0.1", "-A", "10.0.0.0/8", "-A", "127.0.0.1",
+        "specsrv.cli",
+        "-S",
+        str(port),
+        "-H",
+        "127.0.0.1",
+        "-A",
+        "10.0.0.0/8",
+        "-A",
+        "127.0.0.1",
         wait_for=port,
     ):
         c = Raw(port)
@@ -474,7 +541,13 @@ def test_port_range_skips_taken_ports(tmp_path):
     taken.listen(1)
     try:
         with procs.running(
-            "specsrv.cli", f"-S2", f"{base}-{base + 2}", "-H", "127.0.0.1", "-N", "rangetest",
+            "specsrv.cli",
+            f"-S2",
+            f"{base}-{base + 2}",
+            "-H",
+            "127.0.0.1",
+            "-N",
+            "rangetest",
             wait_for=base + 1,
         ):
             c = Raw(base + 1)

@@ -14,7 +14,7 @@ MARSERVER: list[str] = []
 SPECSRV_HDW: list[str] = []
 
 # specsrv, server mode
-SPECSRV: list[str] = []
+SPECSRV = ["specsrv = specsrv.cli:main", "spec-remote = specsrv.client:main"]
 
 # archonsrv
 ARCHONSRV: list[str] = []

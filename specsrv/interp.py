@@ -1375,6 +1375,8 @@ class Interp:
     def word_motor(self, word: str):
         if word in self.hw.by_mne:
             return self.hw.by_mne[word]
+        if re.fullmatch(r"[A-Za-z_]\w*", word) and self.lookup(word) is None:
+            raise SpecError(f"Invalid motor name: {word}.")
         return self.motor_of(self.eval_word(word))
 
     def getangles(self) -> None:
@@ -1427,12 +1429,12 @@ class Interp:
             raise SpecError(str(exc)) from None
 
     def waitmove(self) -> None:
-        if not self.hw.wait_motors(self.aborted):
-            self.check()
+        self.hw.wait_motors(self.aborted)
+        self.check()
 
     def waitcount(self) -> None:
-        if not self.hw.wait_count(self.aborted):
-            self.check()
+        self.hw.wait_count(self.aborted)
+        self.check()
 
     def getcounts(self) -> None:
         for c in self.hw.counters:

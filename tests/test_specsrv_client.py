@@ -77,11 +77,14 @@ def test_eval_get_put_and_types(conn):
     assert conn.prop_get("status/ready") == 1
     conn.prop_put("var/test_var", 123)
     assert conn.prop_get("var/test_var") == 123
-    conn.prop_put("var/x[1]", 0)  # element of a missing array: refused
+    with pytest.raises(RemoteError):
+        conn.prop_put("var/x[1]", 0, check=True)  # element of a missing array: refused
     conn.remote_eval("x[1] = 1; x[1][2] = 5")
     conn.prop_put("var/x[1][2]", 7)
     assert conn.prop_get("var/x[1][2]") == 7
-    assert conn.prop_get("var/x") == {"1": {"2": 7}, **{"1": 1}} or conn.prop_get("var/x")["1"] == 1
+    assert conn.prop_get("var/x") == {"1": 1, "1\x1c2": 7}
+    conn.remote_eval("y[1][2] = 5; y[1][3] = 6")
+    assert conn.prop_get("var/y") == {"1": {"2": 5, "3": 6}}
     arr = np.linspace(0, 1, 11)
     conn.prop_put("var/vec", arr)
     np.testing.assert_array_equal(conn.prop_get("var/vec"), arr)

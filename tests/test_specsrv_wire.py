@@ -542,7 +542,7 @@ def test_port_range_skips_taken_ports(tmp_path):
     try:
         with procs.running(
             "specsrv.cli",
-            f"-S2",
+            "-S2",
             f"{base}-{base + 2}",
             "-H",
             "127.0.0.1",

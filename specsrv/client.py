@@ -29,6 +29,7 @@ import numpy as np
 from common import cli
 
 from . import protocol as P
+from . import wire
 from .protocol import Cmd, Packet
 
 log = logging.getLogger("specsrv.client")
@@ -325,13 +326,13 @@ class SpecConnection:
         try:
             while True:
                 try:
-                    chunk = sock.recv(1 << 16)
+                    items = wire.read_items(sock, dec)
                 except OSError as exc:
                     reason = str(exc)
                     break
-                if not chunk:
+                if items is None:
                     break
-                for item in dec.feed(chunk):
+                for item in items:
                     if isinstance(item, P.ProtocolError):
                         log.warning("%s: %s", peer, item)
                         if item.fatal:

@@ -73,11 +73,15 @@ def run(report) -> None:
         out = conn.remote_eval("ct 0.5")
         det = conn.prop_get("scaler/det/value")
         report.check("ct 0.5 counted the detector at 2500/s", det == 1250, f"det = {det}")
-        report.step("ct output: " + " | ".join(line.strip() for line in out.splitlines() if "=" in line))
+        report.step(
+            "ct output: " + " | ".join(line.strip() for line in out.splitlines() if "=" in line)
+        )
 
         conn.prop_put("var/SAMPLE", {"name": "LaB6", "temp": 295})
         value = conn.remote_eval('SAMPLE["name"] " at " SAMPLE["temp"] " K"')
-        report.check("associative array set by a client, used by a command", value == "LaB6 at 295 K", value)
+        report.check(
+            "associative array set by a client, used by a command", value == "LaB6 at 295 K", value
+        )
 
         arr = np.random.default_rng(1).normal(size=100_000)
         conn.prop_put("var/DATA", arr)

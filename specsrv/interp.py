@@ -65,6 +65,19 @@ class DataArray:
 
     def __init__(self, arr: np.ndarray) -> None:
         self.arr = arr
+        #: the current ``arr`` was handed out (a reply being sent): copy on write
+        self.shared = False
+
+    def share(self) -> np.ndarray:
+        """The array for sending without a copy; later writes go to a copy."""
+        self.shared = True
+        return self.arr
+
+    def for_write(self) -> np.ndarray:
+        if self.shared:
+            self.arr = self.arr.copy()
+            self.shared = False
+        return self.arr
 
 
 class SpecError(Exception):
@@ -1733,6 +1746,7 @@ class Interp:
         op = to_str(op)
         a = arr.arr
         if op == "fill":
+            a = arr.for_write()
             start = to_num(args[0]) if args else 0.0
             step = to_num(args[1]) if len(args) > 1 else 1.0
             a.reshape(-1)[:] = start + step * np.arange(a.size)
@@ -1874,10 +1888,11 @@ def spec_sprintf(fmt: str, args) -> str:
 
 
 def fill_array(da: DataArray, value) -> None:
-    if da.arr.dtype.kind == "S":
-        da.arr[...] = to_str(value).encode()
+    a = da.for_write()
+    if a.dtype.kind == "S":
+        a[...] = to_str(value).encode()
     else:
-        da.arr[...] = to_num(value)
+        a[...] = to_num(value)
 
 
 def _norm_index(arr: np.ndarray, idx: list[int]) -> tuple:
@@ -1903,7 +1918,7 @@ def get_array_element(da: DataArray, idx: list[int]):
 
 
 def set_array_element(da: DataArray, idx: list[int], value) -> None:
-    a = da.arr
+    a = da.for_write()
     if a.dtype.kind == "S":
         if len(idx) != 1 or not 0 <= idx[0] < a.shape[0]:
             raise SpecError("Array index out of range.")

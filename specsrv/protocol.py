@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -126,7 +127,7 @@ class Packet:
     sn: int = 0
     type: int = Type.STRING
     name: str = ""
-    data: bytes = b""
+    data: bytes | bytearray | memoryview = b""
     rows: int = 0
     cols: int = 0
     err: int = 0
@@ -170,28 +171,34 @@ def header_version(vers: int) -> int:
     return 4
 
 
+_STRUCTS = {(o, v): struct.Struct(o + f) for o in ("<", ">") for v, (f, _) in LAYOUTS.items()}
+_PREFIX = {o: struct.Struct(o + "Iii") for o in ("<", ">")}
+_M32 = 0xFFFFFFFF
+
+
 def encode_header(pkt: Packet, order: str = LITTLE, vers: int = SV_VERSION) -> bytes:
     """Pack a header in byte ``order`` using the layout of version ``vers``."""
     layout = header_version(vers)
-    fmt, names = LAYOUTS[layout]
     name = pkt.name.encode("latin-1", "replace")[: SV_NAME_LEN - 1]
-    values = {
-        "magic": SV_SPEC_MAGIC,
-        "vers": vers,
-        "size": HEADER_SIZES[layout],
-        "sn": pkt.sn & 0xFFFFFFFF if layout == 4 else _signed(pkt.sn),
-        "sec": pkt.sec & 0xFFFFFFFF,
-        "usec": pkt.usec & 0xFFFFFFFF,
-        "cmd": pkt.cmd,
-        "type": pkt.type,
-        "rows": pkt.rows & 0xFFFFFFFF,
-        "cols": pkt.cols & 0xFFFFFFFF,
-        "len": len(pkt.data),
-        "err": pkt.err,
-        "flags": pkt.flags,
-        "name": name,
-    }
-    return struct.pack(order + fmt, *(values[n] for n in names))
+    head = (
+        SV_SPEC_MAGIC,
+        vers,
+        HEADER_SIZES[layout],
+        pkt.sn & _M32 if layout == 4 else _signed(pkt.sn),
+        pkt.sec & _M32,
+        pkt.usec & _M32,
+        pkt.cmd,
+        pkt.type,
+        pkt.rows & _M32,
+        pkt.cols & _M32,
+        len(pkt.data),
+    )
+    st = _STRUCTS[order, layout]
+    if layout == 2:
+        return st.pack(*head, name)
+    if layout == 3:
+        return st.pack(*head, pkt.err, name)
+    return st.pack(*head, pkt.err, pkt.flags, name)
 
 
 def _signed(v: int) -> int:
@@ -216,11 +223,10 @@ def detect_order(first4: bytes) -> str:
 
 def header_size(prefix: bytes, order: str) -> int:
     """Total header size announced by the first 12 bytes (magic, vers, size)."""
-    _, vers, size = struct.unpack(order + "Iii", prefix[:12])
-    need = HEADER_SIZES[header_version(vers)]
+    _, vers, size = _PREFIX[order].unpack_from(prefix)
     if vers < 2:
         raise ProtocolError(f"unsupported header version {vers}")
-    if size < need or size > MAX_HEADER_SIZE:
+    if size < HEADER_SIZES[header_version(vers)] or size > MAX_HEADER_SIZE:
         # A v2/v3/v4 client always sends its exact size; anything smaller or
         # huge leaves us unable to find the data.
         raise ProtocolError(f"bad header size {size} for version {vers}")
@@ -229,39 +235,32 @@ def header_size(prefix: bytes, order: str) -> int:
 
 def decode_header(buf: bytes, order: str) -> tuple[Packet, int, str | None]:
     """Unpack a complete header: (packet without data, data length, problem or None)."""
-    _, vers, size = struct.unpack(order + "Iii", buf[:12])
+    _, vers, size = _PREFIX[order].unpack_from(buf)
     layout = header_version(vers)
-    fmt, names = LAYOUTS[layout]
-    if layout == 4 and size > HEADER_SIZES[4]:
-        # a future, larger header: the v4 fields come first, then unknown
-        # fields, and the name is at the end in spec's struct (name last)
-        base = struct.unpack(order + fmt[:-3], buf[: HEADER_SIZES[4] - SV_NAME_LEN])
-        values = dict(zip(names[:-1], base, strict=True))
-        values["name"] = buf[size - SV_NAME_LEN : size]
-    else:
-        values = dict(
-            zip(names, struct.unpack(order + fmt, buf[: HEADER_SIZES[layout]]), strict=True)
-        )
-    raw_name = values["name"]
+    v = _STRUCTS[order, layout].unpack_from(buf)
+    # v: magic vers size sn sec usec cmd type rows cols len [err] [flags] name
+    err = v[11] if layout >= 3 else 0
+    flags = v[12] if layout == 4 else 0
+    raw_name = v[-1] if size <= HEADER_SIZES[4] else buf[size - SV_NAME_LEN : size]
+    # (a future, larger header keeps the v4 fields first and the name last)
     nul = raw_name.find(b"\0")
     pkt = Packet(
-        cmd=values["cmd"],
-        sn=values["sn"] & 0xFFFFFFFF,
-        type=values["type"],
+        cmd=v[6],
+        sn=v[3] & _M32,
+        type=v[7],
         name=raw_name[: nul if nul >= 0 else len(raw_name)].decode("latin-1"),
-        rows=values["rows"],
-        cols=values["cols"],
-        err=values.get("err", 0),
-        flags=values.get("flags", 0),
-        sec=values["sec"],
-        usec=values["usec"],
+        rows=v[8],
+        cols=v[9],
+        err=err,
+        flags=flags,
+        sec=v[4],
+        usec=v[5],
         vers=vers,
         size=size,
         order=order,
-        data=b"",
     )
     problem = None if nul >= 0 else "property name without terminating NUL"
-    return pkt, values["len"], problem
+    return pkt, v[10], problem
 
 
 class Decoder:
@@ -284,10 +283,53 @@ class Decoder:
         self._need_data = 0
         self._hsize = 0
         self._problem: str | None = None
+        self._spare: np.ndarray | None = None
         self.broken: ProtocolError | None = None
 
     def pending(self) -> int:
         return len(self._buf)
+
+    def data_remaining(self) -> int:
+        """Data bytes of the current packet not yet received (0 outside data)."""
+        if self._hdr is None:
+            return 0
+        return self._need_data - len(self._buf)
+
+    def bulk_buffer(self) -> tuple[memoryview, int]:
+        """For a large data section: one buffer of its full size, and how much
+        of it already arrived.  The caller fills the rest (``recv_into``) and
+        passes the buffer to :meth:`bulk_done`; the data is never copied again.
+        """
+        assert self._hdr is not None and len(self._buf) <= self._need_data
+        buf = memoryview(self._bulk_store(self._need_data))
+        have = len(self._buf)
+        buf[:have] = self._buf
+        self._buf.clear()
+        return buf, have
+
+    def _bulk_store(self, n: int) -> np.ndarray:
+        """A buffer of n bytes: the previous one again if nothing refers to it
+        any more (its pages are already mapped, so the read runs at full
+        speed), else a fresh ``np.empty`` (no zero-filling)."""
+        spare = self._spare
+        if spare is not None and spare.size >= n and sys.getrefcount(spare) == 2:
+            return spare[:n]
+        if n >= self.max_data // 4 or n < (1 << 20):
+            self._spare = None
+            return np.empty(n, dtype=np.uint8)
+        self._spare = np.empty(n, dtype=np.uint8)
+        return self._spare[:n]
+
+    def bulk_done(self, buf) -> list[Packet | ProtocolError]:
+        pkt = self._hdr
+        self._hdr, self._need_data = None, 0
+        # arrays are decoded from the buffer in place; other types as bytes
+        pkt.data = buf if pkt.type in ARRAY_DTYPES else bytes(buf)
+        if self._problem is not None:
+            return [ProtocolError(self._problem, fatal=False, packet=pkt)]
+        if pkt.cmd not in _CMD_VALUES:
+            return [ProtocolError(f"unknown command code {pkt.cmd}", fatal=False, packet=pkt)]
+        return [pkt]
 
     def next_read_size(self) -> int:
         """Bytes the next read should ask for (12 for a header start)."""
@@ -474,8 +516,15 @@ def array_shape(arr: np.ndarray) -> tuple[int, int]:
     raise ValueError("spec arrays have one or two dimensions")
 
 
-def encode_array(arr: np.ndarray, order: str = LITTLE) -> tuple[int, int, int, bytes]:
-    """(type, rows, cols, bytes) of a data array, elements in byte ``order``."""
+def encode_array(
+    arr: np.ndarray, order: str = LITTLE, copy: bool = True
+) -> tuple[int, int, int, bytes | memoryview]:
+    """(type, rows, cols, bytes) of a data array, elements in byte ``order``.
+
+    With ``copy=False`` the data may be a memoryview of ``arr`` itself (no
+    copy when its layout already fits); the caller must not change ``arr``
+    until the bytes are sent.
+    """
     rows, cols = array_shape(arr)
     t = array_type(arr)
     if t == Type.ARR_STRING:
@@ -487,7 +536,10 @@ def encode_array(arr: np.ndarray, order: str = LITTLE) -> tuple[int, int, int, b
     if arr.dtype == np.bool_:
         arr = arr.astype("u1")
     dt = np.dtype(ARRAY_DTYPES[t]).newbyteorder(order)
-    return t, rows, cols, np.ascontiguousarray(arr, dtype=dt).tobytes()
+    buf = np.ascontiguousarray(arr, dtype=dt)
+    if copy:
+        return t, rows, cols, buf.tobytes()
+    return t, rows, cols, memoryview(buf.reshape(-1)).cast("B")
 
 
 def decode_array(t: int, rows: int, cols: int, data: bytes, order: str = LITTLE) -> np.ndarray:
@@ -514,13 +566,17 @@ def decode_array(t: int, rows: int, cols: int, data: bytes, order: str = LITTLE)
             f"got {len(data)}",
             fatal=False,
         )
-    arr = np.frombuffer(data, dtype=dt, count=n).astype(dt.newbyteorder("="))
+    arr = np.frombuffer(data, dtype=dt, count=n)
+    if not dt.isnative:
+        arr = arr.astype(dt.newbyteorder("="))
+    elif not arr.flags.writeable:
+        arr = arr.copy()  # received as bytes; a bytearray buffer is used in place
     if rows <= 1:
         return arr.reshape(n)  # a vector is one row (rows N, cols 1 stays 2-D, as clients do)
     return arr.reshape(rows, cols)
 
 
-def encode_value(value, order: str = LITTLE) -> tuple[int, int, int, bytes, int]:
+def encode_value(value, order: str = LITTLE, copy: bool = True) -> tuple[int, int, int, bytes, int]:
     """Python value -> (type, rows, cols, data, err).
 
     Numbers and strings travel as text (``%.15g``); dicts as SV_ASSOC; numpy
@@ -534,7 +590,7 @@ def encode_value(value, order: str = LITTLE) -> tuple[int, int, int, bytes, int]
     if isinstance(value, dict):
         return Type.ASSOC, 0, 0, encode_assoc(value), 0
     if isinstance(value, np.ndarray):
-        t, rows, cols, data = encode_array(value, order)
+        t, rows, cols, data = encode_array(value, order, copy)
         return t, rows, cols, data, 0
     if isinstance(value, list | tuple):
         return encode_value(np.array(value), order)
@@ -572,9 +628,11 @@ def _looks_text(data: bytes) -> bool:
     return bool(body) and all(c in b"0123456789+-.eEinfatyINFATY " for c in body)
 
 
-def make_packet(cmd: int, value=None, *, sn: int = 0, name: str = "", flags: int = 0, order=LITTLE):
-    """A packet carrying ``value`` encoded for byte ``order``."""
-    t, rows, cols, data, err = encode_value(value, order)
+def make_packet(
+    cmd: int, value=None, *, sn: int = 0, name: str = "", flags: int = 0, order=LITTLE, copy=True
+):
+    """A packet carrying ``value`` encoded for byte ``order`` (see encode_array for ``copy``)."""
+    t, rows, cols, data, err = encode_value(value, order, copy)
     return Packet(
         cmd=cmd, sn=sn, type=t, name=name, data=data, rows=rows, cols=cols, err=err, flags=flags
     )

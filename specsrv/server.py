@@ -23,6 +23,7 @@ import numpy as np
 from common.server import ThreadedTCPServer
 
 from . import protocol as P
+from . import wire
 from .interp import Assoc, DataArray, Interp, SpecError, format_value, is_numeric, to_num
 from .protocol import Cmd, Packet, Type
 from .protocol import SpecError as WireError
@@ -34,7 +35,7 @@ dlog = logging.getLogger("specsrv.debug")
 MAX_PENDING_PER_CLIENT = 256
 MAX_OUT_PACKETS = 20000
 MAX_OUT_BYTES = 256 << 20
-RECV_CHUNK = 1 << 16
+SMALL = 1 << 16  # data sections up to this size are joined to their header
 
 MOTOR_READ_ONLY_EVENTS = (
     "move_done",
@@ -80,7 +81,7 @@ def _num(value) -> float | int:
 def wire_value(v):
     """Interpreter value -> value for protocol.encode_value."""
     if isinstance(v, DataArray):
-        return v.arr
+        return v.share()  # sent without a copy; the interpreter copies on write
     if isinstance(v, Assoc):
         return {k: (format_value(x) if not isinstance(x, str) else x) for k, x in v.items()}
     if isinstance(v, bool):
@@ -171,6 +172,7 @@ class SpecServer:
         with self.reg_lock:
             targets = list(targets)
         cache: dict[tuple[str, int], bytes] = {}
+        now = time.time()
         for c in targets:
             key = (c.order, c.vers)
             data = cache.get(key)
@@ -178,6 +180,7 @@ class SpecServer:
                 pkt = P.make_packet(
                     Cmd.EVENT, wire_value(value), name=prop, flags=flags, order=c.order
                 )
+                pkt.sec, pkt.usec = int(now), int((now % 1) * 1e6)
                 data = cache[key] = c.encode(pkt)
             c.send_bytes(data, pkt_hint=(prop, value))
 
@@ -260,7 +263,7 @@ class SpecServer:
                         raise PropError(f"Element {name}[{key}] does not exist.")
                     return wire_value(v[key])
                 if isinstance(v, DataArray):
-                    return v.arr.copy()
+                    return wire_value(v)
                 if isinstance(v, Assoc):
                     return wire_value(Assoc(v))
                 return wire_value(v)
@@ -552,6 +555,7 @@ class ClientHandler:
         self.prestart: str | None = None
         self.out: collections.deque[bytes] = collections.deque()
         self.out_bytes = 0
+        self.writing = False
         self.out_cv = threading.Condition()
         self.closed = False
         self.pktlog = P.PacketLog("s")
@@ -564,22 +568,22 @@ class ClientHandler:
     def send_packet(self, pkt: Packet) -> None:
         now = time.time()
         pkt.sec, pkt.usec = int(now), int((now % 1) * 1e6)
-        self.send_bytes(self.encode(pkt), pkt=pkt)
+        head = P.encode_header(pkt, self.order, self.vers)
+        if len(pkt.data) > SMALL:
+            self.send_bytes(head, pkt=pkt, more=pkt.data)
+        else:
+            self.send_bytes(head + bytes(pkt.data), pkt=pkt)
 
-    def send_bytes(self, data: bytes, pkt: Packet | None = None, pkt_hint=None) -> None:
+    def send_bytes(self, data: bytes, pkt: Packet | None = None, pkt_hint=None, more=None) -> None:
+        """Queue one packet's bytes (``more``: its large data section, not copied)."""
         dbg = self.server.debug
-        if dbg & P.DEBUG_PACKETS:
-            if pkt is None and pkt_hint is not None:
-                pkt = P.make_packet(Cmd.EVENT, wire_value(pkt_hint[1]), name=pkt_hint[0])
-            if pkt is not None:
-                dlog.info("%s", self.pktlog.line("W", pkt, time.monotonic()))
-        if dbg & P.DEBUG_SOCKET:
-            for line in P.socket_lines("send", self.peer, data, dbg):
-                dlog.info("%s", line)
+        if dbg:
+            self._debug_write(dbg, data, pkt, pkt_hint, more)
+        size = len(data) + (len(more) if more is not None else 0)
         with self.out_cv:
             if self.closed:
                 return
-            if len(self.out) >= MAX_OUT_PACKETS or self.out_bytes + len(data) > MAX_OUT_BYTES:
+            if len(self.out) >= MAX_OUT_PACKETS or self.out_bytes + size > MAX_OUT_BYTES:
                 log.warning(
                     "%s: client too slow, %d packets waiting; disconnecting",
                     self.peer,
@@ -588,11 +592,44 @@ class ClientHandler:
                 self._close_locked()
                 return
             self.out.append(data)
-            self.out_bytes += len(data)
-            self.out_cv.notify()
+            if more is not None:
+                self.out.append(more)
+            self.out_bytes += size
+            if self.writing:
+                return  # the writer (or another sender) will take it
+            self.writing = True
+            batch = list(self.out)
+            self.out.clear()
+        # Fast path: hand the bytes to the kernel from this thread without
+        # blocking; whatever does not fit goes to the writer thread.
+        try:
+            left = wire.send_nowait(self.sock, batch)
+        except OSError:
+            left = []
+            with self.out_cv:
+                self._close_locked()
+        with self.out_cv:
+            if left:
+                self.out.extendleft(reversed(left))
+            self.out_bytes = sum(len(b) for b in self.out)
+            self.writing = False
+            if self.out:
+                self.out_cv.notify()
+
+    def _debug_write(self, dbg: int, data: bytes, pkt, pkt_hint, more) -> None:
+        if dbg & P.DEBUG_PACKETS:
+            if pkt is None and pkt_hint is not None:
+                pkt = P.make_packet(Cmd.EVENT, wire_value(pkt_hint[1]), name=pkt_hint[0])
+            if pkt is not None:
+                dlog.info("%s", self.pktlog.line("W", pkt, time.monotonic()))
+        if dbg & P.DEBUG_SOCKET:
+            whole = data + bytes(more) if more is not None else data
+            for line in P.socket_lines("send", self.peer, whole, dbg):
+                dlog.info("%s", line)
 
     def reply(self, sn: int, value, name: str = "") -> None:
-        pkt = P.make_packet(Cmd.REPLY, value, sn=sn, name=name, order=self.order)
+        # data arrays in values are shared copy-on-write: they go out as views
+        pkt = P.make_packet(Cmd.REPLY, value, sn=sn, name=name, order=self.order, copy=False)
         self.send_packet(pkt)
 
     def error_reply(self, sn: int, message: str, name: str = "", err: int = 1) -> None:
@@ -601,20 +638,29 @@ class ClientHandler:
     def _write_loop(self) -> None:
         while True:
             with self.out_cv:
-                while not self.out and not self.closed:
+                while (not self.out or self.writing) and not self.closed:
                     self.out_cv.wait()
-                if not self.out and self.closed:
+                if self.closed:
                     return
                 batch = list(self.out)
                 self.out.clear()
-                self.out_bytes = 0
+                self.writing = True
             try:
-                self.sock.sendall(b"".join(batch) if len(batch) > 1 else batch[0])
+                small = [b for b in batch if len(b) <= SMALL]
+                if len(small) == len(batch) and len(batch) > 1:
+                    self.sock.sendall(b"".join(batch))
+                else:
+                    for b in batch:
+                        self.sock.sendall(b)
             except OSError as exc:
                 log.debug("%s: send failed: %s", self.peer, exc)
                 with self.out_cv:
+                    self.writing = False
                     self._close_locked()
                 return
+            with self.out_cv:
+                self.writing = False
+                self.out_bytes = sum(len(b) for b in self.out)
 
     def _close_locked(self) -> None:
         if not self.closed:
@@ -647,18 +693,14 @@ class ClientHandler:
         try:
             while not self.closed:
                 try:
-                    chunk = self.sock.recv(max(RECV_CHUNK, min(decoder.next_read_size(), 1 << 22)))
+                    items = wire.read_items(self.sock, decoder)
                 except OSError:
                     break
-                if not chunk:
-                    if decoder.pending():
-                        log.info(
-                            "%s: connection closed inside a packet (%d bytes)",
-                            self.peer,
-                            decoder.pending(),
-                        )
+                if items is None:
+                    if decoder.pending() or decoder.data_remaining():
+                        log.info("%s: connection closed inside a packet", self.peer)
                     break
-                for item in decoder.feed(chunk):
+                for item in items:
                     if first and decoder.order is not None:
                         self.order = decoder.order
                         self.vers = min(max(decoder.version or 4, 2), P.SV_VERSION)

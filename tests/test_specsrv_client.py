@@ -100,6 +100,23 @@ def test_eval_get_put_and_types(conn):
         conn.prop_get("var/not_there")
 
 
+def test_large_arrays_both_ways_and_buffers_not_reused_under_the_caller(conn):
+    first = np.arange(300_000, dtype=np.float64)
+    conn.prop_put("var/BIG", first)
+    a = conn.prop_get("var/BIG")
+    conn.remote_eval("BIG[0] = -1")  # copy on write: the shared array is not touched
+    b = conn.prop_get("var/BIG")
+    np.testing.assert_array_equal(a, first)  # a still holds the first reply's data
+    assert b[0] == -1 and b[1] == 1 and b.shape == (300_000,)
+    del a
+    c = conn.prop_get("var/BIG")
+    np.testing.assert_array_equal(c, b)
+    big = (np.arange(3 * 200_000, dtype=np.int32) - 7).reshape(3, 200_000)
+    conn.prop_put("var/BIGI", big)
+    np.testing.assert_array_equal(conn.prop_get("var/BIGI"), big)
+    assert conn.remote_eval("BIGI[2][199999]") == 599_992
+
+
 def test_errors_carry_err_codes(conn):
     with pytest.raises(RemoteError) as e:
         conn.remote_eval("p (")

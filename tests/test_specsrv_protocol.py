@@ -290,3 +290,20 @@ def test_func_split():
     assert P.split_func(b"mymac\0'tth'\0003\0001.5\0") == ["mymac", "'tth'", "3", "1.5"]
     assert P.split_func(b"1+1\0") == ["1+1"]
     assert P.split_func(b"") == []
+
+
+def test_bulk_receive_of_a_large_data_section():
+    arr = np.arange(100_000, dtype=">f8")
+    pkt = P.make_packet(Cmd.REPLY, arr, sn=3, order=P.BIG)
+    raw = P.encode_packet(pkt, P.BIG)
+    d = P.Decoder()
+    assert d.feed(raw[:1000]) == []
+    assert d.data_remaining() == len(raw) - 1000
+    buf, have = d.bulk_buffer()
+    assert have == 1000 - 132 and len(buf) == 800_000
+    buf[have:] = raw[1000:]
+    (out,) = d.bulk_done(buf)
+    np.testing.assert_array_equal(P.decode_value(out), np.arange(100_000))
+    # the decoder is ready for the next packet
+    (nxt,) = d.feed(P.encode_packet(Packet(cmd=Cmd.HELLO, sn=4), P.BIG))
+    assert nxt.sn == 4

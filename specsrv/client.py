@@ -295,29 +295,50 @@ class SpecConnection:
         if self.state != "up":
             self.connect()
 
-    def request(self, pkt: Packet, timeout: float | None = None, abort_on_timeout: bool = False):
-        """Send a packet that gets a REPLY; return the reply packet."""
-        self._ensure()
+    def _waiter(self, pkt: Packet) -> _Waiter:
+        """Give ``pkt`` a fresh serial number and wait for a REPLY to it."""
         pkt.sn = self._next_sn()
         w = _Waiter()
         with self._lock:
             self._waiters[pkt.sn] = w
+        return w
+
+    def _forget(self, pkt: Packet) -> None:
+        with self._lock:
+            self._waiters.pop(pkt.sn, None)
+
+    def request(self, pkt: Packet, timeout: float | None = None, abort_on_timeout: bool = False):
+        """Send a packet that gets a REPLY; return the reply packet.
+
+        With ``abort_on_timeout`` a timeout or ^C (KeyboardInterrupt) sends
+        SV_ABORT, as spec's remote_eval() does.
+        """
+        self._ensure()
+        w = self._waiter(pkt)
         try:
             self._send(pkt)
             limit = self.timeout if timeout is None else timeout
-            if not w.event.wait(limit):
+            try:
+                arrived = w.event.wait(limit)
+            except KeyboardInterrupt:
                 if abort_on_timeout:
-                    try:
-                        self._send(Packet(cmd=Cmd.ABORT))
-                    except ConnectionError:
-                        pass
+                    self._abort_quietly()
+                raise
+            if not arrived:
+                if abort_on_timeout:
+                    self._abort_quietly()
                 raise TimeoutError(f"no reply from {self.address} within {limit} s")
         finally:
-            with self._lock:
-                self._waiters.pop(pkt.sn, None)
+            self._forget(pkt)
         if w.error is not None:
             raise w.error
         return w.packet
+
+    def _abort_quietly(self) -> None:
+        try:
+            self._send(Packet(cmd=Cmd.ABORT))
+        except ConnectionError:
+            pass
 
     def _read_loop(self, sock: socket.socket) -> None:
         dec = P.Decoder(max_data=self.max_data)
@@ -449,16 +470,12 @@ class SpecConnection:
         if not check:
             self._send(pkt)
             return
-        pkt.sn = self._next_sn()
-        w = _Waiter()
-        with self._lock:
-            self._waiters[pkt.sn] = w
+        w = self._waiter(pkt)
         try:
             self._send(pkt)
             self.request(Packet(cmd=Cmd.CHAN_READ, name="status/ready"))
         finally:
-            with self._lock:
-                self._waiters.pop(pkt.sn, None)
+            self._forget(pkt)
         if w.packet is not None:
             self._result(w.packet)
 

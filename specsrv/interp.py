@@ -38,6 +38,7 @@ from .sim import MOTOR_PARAMS, Hardware, MotionError
 MAX_SOURCE = 1 << 20
 MAX_DEPTH = 100
 MAX_OUTPUT = 1 << 20  # bytes of output captured for one reply
+MAX_STRING = 16 << 20  # characters in one string value
 
 
 # -- values ------------------------------------------------------------------
@@ -109,6 +110,12 @@ class _Continue(Exception):
 class _Return(Exception):
     def __init__(self, value) -> None:
         self.value = value
+
+
+def bounded(s: str) -> str:
+    if len(s) > MAX_STRING:
+        raise SpecError(f"String longer than {MAX_STRING} characters.")
+    return s
 
 
 def to_num(v) -> float:
@@ -1213,7 +1220,7 @@ class Interp:
                 return 0.0 if truth(v) else 1.0
             return float(~int(to_num(v)) & 0xFFFFFFFF)
         if kind == "concat":
-            return to_str(self.eval(n[1])) + to_str(self.eval(n[2]))
+            return bounded(to_str(self.eval(n[1])) + to_str(self.eval(n[2])))
         if kind == "cond":
             return self.eval(n[2]) if truth(self.eval(n[1])) else self.eval(n[3])
         if kind == "incr":
@@ -1573,7 +1580,7 @@ class Interp:
             "index": (False, lambda s, t: float(to_str(s).find(to_str(t)) + 1)),
             "tolower": (False, lambda s: to_str(s).lower()),
             "toupper": (False, lambda s: to_str(s).upper()),
-            "sprintf": (False, lambda fmt="", *a: spec_sprintf(to_str(fmt), a)),
+            "sprintf": (False, lambda fmt="", *a: bounded(spec_sprintf(to_str(fmt), a))),
             "printf": (False, self._printf),
             "eprintf": (False, self._printf),
             "fprintf": (False, self._fprintf),
@@ -1603,6 +1610,7 @@ class Interp:
             "prop_send": (False, self._prop_send),
             "wait": (False, self._wait),
             "sim_slip": (False, self._sim_slip),
+            "sim_fault": (False, self._sim_fault),
             "array_op": (False, self._array_op),
         }
         return fns
@@ -1738,6 +1746,13 @@ class Interp:
         m = self.motor_of(mne)
         with self.hw.lock:
             m.slip = to_num(steps) / m.steps
+        return 0.0
+
+    def _sim_fault(self, mne, kind, on=1):
+        kind = to_str(kind)
+        if kind not in ("emergency_stop", "motor_fault"):
+            raise SpecError('sim_fault(): kind is "emergency_stop" or "motor_fault".')
+        self.hw.set_fault(self.motor_of(mne).mne, kind, bool(to_num(on)))
         return 0.0
 
     def _array_op(self, op, arr, *args):

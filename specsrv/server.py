@@ -33,6 +33,7 @@ log = logging.getLogger("specsrv")
 dlog = logging.getLogger("specsrv.debug")
 
 MAX_PENDING_PER_CLIENT = 256
+MAX_REGISTRATIONS_PER_CLIENT = 10000
 MAX_OUT_PACKETS = 20000
 MAX_OUT_BYTES = 256 << 20
 SMALL = 1 << 16  # data sections up to this size are joined to their header
@@ -553,6 +554,7 @@ class ClientHandler:
         self.order = P.LITTLE
         self.vers = P.SV_VERSION
         self.prestart: str | None = None
+        self.registrations = 0
         self.out: collections.deque[bytes] = collections.deque()
         self.out_bytes = 0
         self.writing = False
@@ -769,7 +771,8 @@ class ClientHandler:
         elif cmd == Cmd.UNREGISTER:
             with srv.reg_lock:
                 s = srv.registry.get(pkt.name)
-                if s is not None:
+                if s is not None and self in s:
+                    self.registrations -= 1
                     s.discard(self)
                     if not s:
                         del srv.registry[pkt.name]
@@ -826,6 +829,13 @@ class ClientHandler:
                 self.send_packet(ev)
             return
         with srv.reg_lock:
+            if self.registrations >= MAX_REGISTRATIONS_PER_CLIENT and self not in srv.registry.get(
+                prop, ()
+            ):
+                log.warning("%s: more than %d registrations refused", self.peer, self.registrations)
+                return
+            if self not in srv.registry[prop]:
+                self.registrations += 1
             srv.registry[prop].add(self)
         if not has_value:
             return

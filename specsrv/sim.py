@@ -428,6 +428,24 @@ class Hardware:
             return True
         return False
 
+    def set_fault(self, mne: str, kind: str, on: bool) -> None:
+        """Simulate an emergency stop or motor fault: the motor stops as at a
+        limit (in -S2 mode the others and the command too); moves are refused
+        while it lasts."""
+        with self.changed:
+            m = self.motor(mne)
+            setattr(m, kind, 1 if on else 0)
+            self.emit(f"motor/{m.mne}/{kind}", 1 if on else 0)
+            if on and m.moving:
+                self._halt(m)
+                if self.mode == 2:
+                    for other in self.motors:
+                        if other.moving:
+                            self._halt(other)
+                    if self.on_limit_abort:
+                        self.on_limit_abort()
+            self.changed.notify_all()
+
     def _halt(self, m: Motor) -> None:
         m.profile = None
         m.legs = []
@@ -449,6 +467,9 @@ class Hardware:
         """Dial target of a move to ``user_target`` or MotionError."""
         if m.disabled:
             raise MotionError(f"Motor '{m.mne}' is unusable.")
+        if m.emergency_stop or m.motor_fault:
+            what = "emergency stop" if m.emergency_stop else "motor fault"
+            raise MotionError(f"Motor '{m.mne}' has an active {what}.")
         dial = m.quantise(m.dial_of(user_target))
         if not m.params.get("disable_limit_checks"):
             if dial > m.high + 1e-9:

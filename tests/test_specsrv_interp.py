@@ -276,3 +276,25 @@ def test_syntax_error_class():
     hw = Hardware(parse_config(""), lambda *a: None)
     with pytest.raises(SpecSyntaxError):
         Interp(hw).run("if (")
+
+
+def test_emergency_stop_and_motor_fault(env):
+    it, events = env
+    run(it, "mv tth 60")
+    run(it, 'sim_fault(tth, "emergency_stop", 1)')
+    m = it.hw.by_mne["tth"]
+    assert not m.moving and m.dial < 60
+    assert ("motor/tth/emergency_stop", 1) in events
+    with pytest.raises(SpecError, match="emergency stop"):
+        run(it, "mv tth 1")
+    run(it, 'sim_fault(tth, "emergency_stop", 0); sim_fault(th, "motor_fault")')
+    run(it, "umv tth 1")
+    assert m.dial == 1.0
+    with pytest.raises(SpecError, match="motor fault"):
+        run(it, "mv th 1")
+
+
+def test_strings_are_bounded(env):
+    it, _ = env
+    with pytest.raises(SpecError, match="String longer"):
+        run(it, 's = "xxxxxxxxxxxxxxxx"; while (1) s = s s')

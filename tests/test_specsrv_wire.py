@@ -346,6 +346,19 @@ def test_data_array_round_trip_in_client_byte_order(server, order):
     c.close()
 
 
+def test_sv_double_and_string_arrays(server):
+    port, _ = server
+    c = Raw(port, ">")
+    c.send(CHAN_SEND, name="var/wire_dbl", data=struct.pack(">d", 2.5), type_=1)
+    r = c.read("var/wire_dbl")
+    assert r["type"] == STRING and r["data"] == b"2.5\0"  # numbers go out as text
+    c.send(CHAN_SEND, name="var/wire_strs", data=b"ab\0cde\0\0", type_=13, rows=1, cols=3)
+    r = c.read("var/wire_strs")
+    assert (r["type"], r["rows"], r["cols"], r["data"]) == (13, 1, 3, b"ab\0cde\0\0")
+    assert text(c.eval("wire_strs[1]")) == "cde"
+    c.close()
+
+
 def test_output_events_come_before_the_reply(server):
     port, _ = server
     c = Raw(port)

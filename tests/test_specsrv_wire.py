@@ -218,6 +218,17 @@ def test_hello_in_each_version_and_byte_order(server, vers, order):
     assert h["name"] == NAME and h["data"] == NAME.encode() + b"\0" and h["type"] == STRING
 
 
+def test_version_2_client_gets_version_2_events_and_replies(server):
+    port, _ = server
+    c = Raw(port, ">", 2)
+    c.send(REGISTER, name="motor/m1/sign")
+    ev = c.expect(EVENT, "motor/m1/sign")
+    assert (ev["vers"], ev["size"], len(ev["raw"]), ev["order"]) == (2, 124, 124, ">")
+    r = c.eval("1+1", sn=3)
+    assert (r["vers"], r["size"], text(r)) == (2, 124, "2")
+    c.close()
+
+
 def test_register_gives_initial_event_and_read_echoes_sn_and_name(server):
     port, _ = server
     c = Raw(port, ">")
@@ -567,6 +578,12 @@ def test_port_range_skips_taken_ports(tmp_path):
             c.send(HELLO, sn=3)
             assert c.expect(HELLO_REPLY, sn=3)["name"] == "rangetest"
             assert text(c.eval("IS_SERVER")) == str(base + 1)
+            # -S2: the slit blade's limit switch (dial 8) stops tth and the command too
+            r = c.eval("mv s1t 9 tth 100; waitmove", sn=5, timeout=10)
+            assert r["type"] == ERROR and "limit" in text(r)
+            assert text(c.read("motor/s1t/position")) == "8"
+            assert float(text(c.read("motor/tth/position"))) < 100
+            assert text(c.read("motor/tth/move_done")) == "0"
             c.close()
     finally:
         taken.close()

@@ -587,3 +587,68 @@ def test_port_range_skips_taken_ports(tmp_path):
             c.close()
     finally:
         taken.close()
+
+
+def test_random_packets_never_take_the_server_down(server):
+    import random
+
+    port, _ = server
+    rnd = random.Random(5)
+    props = [
+        "var/fz",
+        "var/fz[1]",
+        "motor/m1/position",
+        "motor/../start_all",
+        "scaler/.all./count",
+        "motor/m1/search",
+        "output/tty",
+        "status/ready",
+        "x" * 79,
+        "",
+    ]
+    for _ in range(40):
+        c = Raw(port, rnd.choice("<>"), rnd.choice([2, 3, 4]))
+        c.sock.settimeout(5)
+        for _ in range(5):
+            data = bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 40)))
+            cmd = rnd.choice(
+                [
+                    CMD_WITH_RETURN,
+                    CHAN_READ,
+                    CHAN_SEND,
+                    REGISTER,
+                    UNREGISTER,
+                    FUNC,
+                    HELLO,
+                    EVENT,
+                    REPLY,
+                    0,
+                    77,
+                ]
+            )
+            c.send(
+                cmd,
+                sn=rnd.randint(0, 2**31),
+                name=rnd.choice(props),
+                data=data,
+                type_=rnd.randint(0, 20),
+                rows=rnd.randint(0, 3),
+                cols=rnd.randint(0, 50),
+            )
+        c.close()
+    good = Raw(port)
+    good.send(HELLO, sn=99)
+    assert good.expect(HELLO_REPLY, sn=99)["name"] == NAME
+    assert text(good.eval("1+1", sn=100, timeout=10)) == "2"
+    good.close()
+
+
+def test_zz_no_tracebacks_in_the_server_log(server):
+    """Runs last in this module: nothing above made a handler or thread crash."""
+    port, log = server
+    c = Raw(port)
+    c.send(HELLO, sn=1)
+    c.expect(HELLO_REPLY, sn=1)
+    c.close()
+    text_ = log.read_text()
+    assert "Traceback" not in text_ and "error while serving" not in text_

@@ -63,7 +63,7 @@ def parse_address(address: str) -> tuple[str, int | None, str | None]:
 
 def python_value(value):
     """Decoded packet value -> what a Python caller wants (numbers parsed)."""
-    if isinstance(value, P.SpecError):
+    if isinstance(value, P.ErrorValue):
         return value
     if isinstance(value, str):
         return text_value(value)
@@ -488,6 +488,9 @@ class SpecConnection:
         if first:
             self._ensure()
             self._send(Packet(cmd=Cmd.REGISTER, name=prop))
+        elif callback is not None and prop in self._values:
+            # already registered: the new callback starts from the cached value
+            callback(self._values[prop], prop, 0)
 
     def prop_unwatch(self, prop: str) -> None:
         if self._watch.pop(prop, None) is not None and self.state == "up":
@@ -569,8 +572,8 @@ class SpecConnection:
 
     def _result(self, reply: Packet):
         value = P.decode_value(reply)
-        if isinstance(value, P.SpecError) or reply.err > 0:
-            msg = value.message if isinstance(value, P.SpecError) else str(value)
+        if isinstance(value, P.ErrorValue) or reply.err > 0:
+            msg = value.message if isinstance(value, P.ErrorValue) else str(value)
             raise RemoteError(msg, reply.err or 1)
         if isinstance(value, dict):
             return _nest_values(P.nest_assoc(value))

@@ -152,7 +152,7 @@ class Packet:
 
 
 @dataclass(frozen=True)
-class SpecError:
+class ErrorValue:
     """A value that is an error message (type SV_ERROR)."""
 
     message: str
@@ -330,14 +330,6 @@ class Decoder:
         if pkt.cmd not in _CMD_VALUES:
             return [ProtocolError(f"unknown command code {pkt.cmd}", fatal=False, packet=pkt)]
         return [pkt]
-
-    def next_read_size(self) -> int:
-        """Bytes the next read should ask for (12 for a header start)."""
-        if self._hdr is not None:
-            return max(1, self._need_data - len(self._buf))
-        if self._hsize:
-            return self._hsize - len(self._buf)
-        return max(1, 12 - len(self._buf))
 
     def feed(self, data: bytes) -> list[Packet | ProtocolError]:
         out: list[Packet | ProtocolError] = []
@@ -583,7 +575,7 @@ def encode_value(value, order: str = LITTLE, copy: bool = True) -> tuple[int, in
     arrays as SV_ARR_*; :class:`SpecError` as SV_ERROR with its err code;
     ``None`` as an empty string.  SV_DOUBLE is never produced.
     """
-    if isinstance(value, SpecError):
+    if isinstance(value, ErrorValue):
         return Type.ERROR, 0, 0, encode_text(value.message), value.err
     if value is None:
         return Type.STRING, 0, 0, encode_text(""), 0
@@ -603,7 +595,7 @@ def decode_value(pkt: Packet):
     if t == Type.STRING:
         return pkt.text()
     if t == Type.ERROR:
-        return SpecError(pkt.text(), pkt.err or 1)
+        return ErrorValue(pkt.text(), pkt.err or 1)
     if t == Type.ASSOC:
         return decode_assoc(pkt.data)
     if t == Type.DOUBLE:

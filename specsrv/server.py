@@ -26,7 +26,7 @@ from . import protocol as P
 from . import wire
 from .interp import Assoc, DataArray, Interp, SpecError, format_value, is_numeric, to_num
 from .protocol import Cmd, Packet, Type
-from .protocol import SpecError as WireError
+from .protocol import ErrorValue as WireError
 from .sim import MOTOR_PARAMS, Hardware, SimConfig
 
 log = logging.getLogger("specsrv")

@@ -202,6 +202,9 @@ def test_var_events_and_deletion(conn):
     assert wait_for(lambda: seen == [(20, 0)])
     conn.remote_eval("TEMP = 21.5")
     assert wait_for(lambda: seen[-1] == (21.5, 0))
+    late = []
+    conn.prop_watch("var/TEMP", lambda v, p, f: late.append(v))
+    assert late == [21.5]  # a second watcher starts from the cached value
     conn.remote_eval("unglobal TEMP")
     assert wait_for(lambda: seen[-1][1] == 0x0001)
     # recreated: events resume

@@ -183,7 +183,7 @@ def test_string_array_layout():
 
 
 def test_error_value_and_two_dimensional_keys():
-    t, _, _, data, err = P.encode_value(P.SpecError("bad", 2))
+    t, _, _, data, err = P.encode_value(P.ErrorValue("bad", 2))
     assert (t, data, err) == (Type.ERROR, b"bad\0", 2)
     flat = P.decode_assoc(P.encode_assoc({"a": {"1": "x", "2": "y"}, "b": 3}))
     assert flat == {"a\x1c1": "x", "a\x1c2": "y", "b": "3"}

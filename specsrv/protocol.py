@@ -572,7 +572,7 @@ def encode_value(value, order: str = LITTLE, copy: bool = True) -> tuple[int, in
     """Python value -> (type, rows, cols, data, err).
 
     Numbers and strings travel as text (``%.15g``); dicts as SV_ASSOC; numpy
-    arrays as SV_ARR_*; :class:`SpecError` as SV_ERROR with its err code;
+    arrays as SV_ARR_*; :class:`ErrorValue` as SV_ERROR with its err code;
     ``None`` as an empty string.  SV_DOUBLE is never produced.
     """
     if isinstance(value, ErrorValue):
@@ -590,7 +590,7 @@ def encode_value(value, order: str = LITTLE, copy: bool = True) -> tuple[int, in
 
 
 def decode_value(pkt: Packet):
-    """Packet data -> Python value (str, dict, ndarray, float or SpecError)."""
+    """Packet data -> Python value (str, dict, ndarray, float or ErrorValue)."""
     t = pkt.type
     if t == Type.STRING:
         return pkt.text()

@@ -516,6 +516,22 @@ def test_debug_lines_in_the_seed_format(server):
     )
 
 
+def test_debug_variable_switches_socket_dumps(server):
+    port, log = server
+    c = Raw(port)
+    c.eval("DEBUG = 0xC01000", sn=1)
+    c.eval("7*6", sn=5151)
+    c.eval("DEBUG = 0x1000", sn=2)
+    c.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "5151" not in log.read_text():
+        time.sleep(0.05)
+    text_ = log.read_text()
+    assert "sock get  127.0.0.1:" in text_ and "b=132" in text_
+    assert "0000  ce fa ed fe 04 00 00 00 84 00 00 00 1f 14 00 00" in text_  # sn 5151
+    assert "0080  00 00 00 00 34 32 00" in text_  # the reply "42"
+
+
 def test_allow_list_refuses_other_hosts(tmp_path):
     port = procs.free_port()
     log = tmp_path / "a.log"

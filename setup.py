@@ -11,7 +11,11 @@ COMMON = ["sendsockcmd = common.sendsockcmd:main"]
 MARSERVER: list[str] = []
 
 # specsrv, server-hardware (specsrv/hdw)
-SPECSRV_HDW: list[str] = []
+SPECSRV_HDW = [
+    "mca_server = specsrv.hdw.mca:main",
+    "img_server = specsrv.hdw.img:main",
+    "hdw-client = specsrv.hdw.client_cli:main",
+]
 
 # specsrv, server mode
 SPECSRV = ["specsrv = specsrv.cli:main", "spec-remote = specsrv.client:main"]
@@ -57,6 +61,7 @@ setup(
     data_files=[
         ("share/man/man1", sorted(glob("man/*.1"))),
         ("share/man/man5", sorted(glob("man/*.5"))),
+        ("share/man/man7", sorted(glob("man/*.7"))),
     ],
     classifiers=[
         "Programming Language :: Python :: 3",

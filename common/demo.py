@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         state = "OK" if not rep.failed and not crash else "FAILED"
         bad += rep.failed + (1 if crash else 0)
         print(
-            f"{rep.section:<10} {state:<7} {ok}/{n} checks in {dt:5.1f} s"
+            f"{rep.section:<12} {state:<7} {ok}/{n} checks in {dt:5.1f} s"
             + (f"  ({crash})" if crash else "")
         )
     print(f"\n{'all demos passed' if not bad else f'{bad} problem(s)'}")

@@ -32,6 +32,11 @@ class LineBuffer:
     def __len__(self) -> int:
         return len(self._buf)
 
+    @property
+    def discarding(self) -> int:
+        """Bytes of an overlong line being discarded so far (0 when not discarding)."""
+        return self._discarding
+
     def pending(self) -> bytes:
         """Bytes of an unfinished line (for a partial-line-at-EOF message)."""
         return bytes(self._buf)

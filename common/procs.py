@@ -63,6 +63,16 @@ def wait_port(port: int, host: str = LOOPBACK, timeout: float = 10.0, proc=None)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s")
 
 
+def wait_until(pred, timeout: float = 5.0, step: float = 0.05) -> bool:
+    """Poll ``pred()`` until it is true or ``timeout`` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
 def env() -> dict[str, str]:
     e = dict(os.environ)
     e["PYTHONPATH"] = str(ROOT) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")

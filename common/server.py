@@ -86,6 +86,23 @@ class SocketReader:
                 self._buf.clear()
             self._buf += self._recv()
 
+    def read_into(self, view: memoryview) -> None:
+        """Fill ``view`` completely (buffered bytes first), without extra copies."""
+        n = len(view)
+        got = min(n, len(self._buf))
+        view[:got] = self._buf[:got]
+        del self._buf[:got]
+        while got < n:
+            try:
+                k = self.sock.recv_into(view[got:], min(n - got, 1 << 22))
+            except TimeoutError:
+                raise
+            except OSError as exc:
+                raise ConnectionClosed(str(exc)) from None
+            if not k:
+                raise ConnectionClosed("end of file")
+            got += k
+
     def read_exact(self, n: int) -> bytes:
         """Read exactly ``n`` bytes."""
         if n <= len(self._buf):

@@ -30,13 +30,7 @@ def ask(port: int, line: bytes, timeout: float = 3.0) -> bytes:
         return buf
 
 
-def wait_for(pred, timeout: float = 5.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
+wait_for = procs.wait_until
 
 
 def test_foreground_lock_second_start_and_sigterm(tmp_path, port, spawn):

@@ -26,13 +26,7 @@ counter det type=detector rate=500
 """
 
 
-def wait_for(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
+wait_for = procs.wait_until
 
 
 @pytest.fixture(scope="module")

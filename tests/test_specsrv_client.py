@@ -244,31 +244,10 @@ def test_output_events_and_files(conn, tmp_path):
 
 def test_module_functions_by_name_with_port_scan(cfg):
     base = procs.free_port_block(3)
+    args = ("specsrv.cli", "-S", f"{base}-{base + 2}", "-H", "127.0.0.1", "-c", str(cfg))
     with (
-        procs.running(
-            "specsrv.cli",
-            "-S",
-            f"{base}-{base + 2}",
-            "-H",
-            "127.0.0.1",
-            "-N",
-            "alpha",
-            "-c",
-            str(cfg),
-            wait_for=base,
-        ),
-        procs.running(
-            "specsrv.cli",
-            "-S",
-            f"{base}-{base + 2}",
-            "-H",
-            "127.0.0.1",
-            "-N",
-            "beta",
-            "-c",
-            str(cfg),
-            wait_for=base + 1,
-        ),
+        procs.running(*args, "-N", "alpha", wait_for=base),
+        procs.running(*args, "-N", "beta", wait_for=base + 1),
     ):
         host = "127.0.0.1:beta"
         C.connection(host, ports=range(base, base + 3))

@@ -369,14 +369,19 @@ class Hardware:
         return self.counting or any(m.moving for m in self.motors)
 
     def _run(self) -> None:
+        next_tick = time.monotonic()
         while not self._stop.is_set():
             with self.changed:
                 if not self._busy():
                     self.changed.wait(0.5)
+                    next_tick = time.monotonic()
                     continue
-                self._tick(time.monotonic())
+                now = time.monotonic()
+                self._tick(now)
                 self.changed.notify_all()
-            self._stop.wait(self.update)
+            # fixed rate: the time the tick took does not stretch the interval
+            next_tick = max(next_tick + self.update, now)
+            self._stop.wait(max(0.0, next_tick - time.monotonic()))
 
     def _tick(self, now: float) -> None:
         limit_hit = False

@@ -298,3 +298,11 @@ def test_strings_are_bounded(env):
     it, _ = env
     with pytest.raises(SpecError, match="String longer"):
         run(it, 's = "xxxxxxxxxxxxxxxx"; while (1) s = s s')
+
+
+@pytest.mark.parametrize("src", ["-" * 5000 + "1", "(" * 5000 + "1" + ")" * 5000, "{" * 3000])
+def test_deep_nesting_is_an_error_not_a_crash(env, src):
+    it, _ = env
+    with pytest.raises(SpecError):
+        run(it, src)
+    assert run(it, "1+1")[0] == 2.0

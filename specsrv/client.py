@@ -90,11 +90,40 @@ def _nest_values(d):
     return {k: (_nest_values(v) if isinstance(v, dict) else text_value(v)) for k, v in d.items()}
 
 
+class _Flag:
+    """A one-shot event on a bare lock (cheaper to hand over than threading.Event)."""
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            try:
+                self._lock.release()
+            except RuntimeError:
+                pass  # set by two threads at once (a reply racing a close)
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._set:
+            return True
+        if self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+            self._lock.release()
+        return self._set
+
+
 class _Waiter:
     __slots__ = ("event", "packet", "error")
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.event = _Flag()
         self.packet: Packet | None = None
         self.error: Exception | None = None
 

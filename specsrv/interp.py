@@ -989,7 +989,11 @@ class Interp:
             for k in keys:
                 self.on_var(name, k, False)
 
-    def set_element(self, name: str, key: str, value, *, must_exist: bool) -> None:
+    def set_element(
+        self, name: str, key: str, value, *, must_exist: bool, notify: bool = True
+    ) -> None:
+        """Assign ``name[key]``; ``notify=False`` for built-in code (getangles,
+        getcounts), whose updates of A[] and S[] send no events, as in spec."""
         with self.lock:
             arr = self.globals.get(name)
             if isinstance(arr, DataArray):
@@ -1001,7 +1005,8 @@ class Interp:
             if (must_exist or name in self.builtin_assoc) and key not in arr:
                 raise SpecError(f"{name}[{key}] is not an existing element.")
             arr[key] = value
-        self.on_var(name, key, False)
+        if notify:
+            self.on_var(name, key, False)
 
     def delete_global(self, name: str, key: str | None = None) -> bool:
         with self.lock:
@@ -1404,7 +1409,7 @@ class Interp:
             ctrl = self.hw.read(m.mne)
             if ctrl != m.dial:
                 self.resolve_discrepancy(m, ctrl)
-            self.set_element("A", str(m.index), m.user, must_exist=True)
+            self.set_element("A", str(m.index), m.user, must_exist=True, notify=False)
 
     def resolve_discrepancy(self, m, ctrl: float) -> None:
         """Ask registered clients (motor/MNE/sync_check) which position is right."""
@@ -1458,7 +1463,7 @@ class Interp:
 
     def getcounts(self) -> None:
         for c in self.hw.counters:
-            self.set_element("S", str(c.index), c.value, must_exist=True)
+            self.set_element("S", str(c.index), c.value, must_exist=True, notify=False)
 
     def run_command(self, cmd: str, words: list[str]) -> None:
         hw = self.hw

@@ -202,6 +202,11 @@ def test_var_hooks(env):
     seen.clear()
     run(it, "local q; q = 5; { local r; r = 1 }")
     assert seen == []
+    # built-in code updating A[] and S[] sends no events; explicit assignment does
+    run(it, "getangles; ct 0.05; getcounts")
+    assert seen == []
+    run(it, "A[tth] = A[tth]")
+    assert seen == [("A", "0", False)]
     with pytest.raises(SpecError):
         it.set_global("A", {"99": 1})  # built-in arrays: only existing elements
 

@@ -583,9 +583,12 @@ class Hardware:
         with self.lock:
             m = self.motor(mne)
             d1, d2 = sorted((m.dial_of(user_a), m.dial_of(user_b)))
+            old = m.low, m.high
             m.low, m.high = d1, d2
-            self.emit(f"motor/{m.mne}/low_limit", m.low)
-            self.emit(f"motor/{m.mne}/high_limit", m.high)
+            if d1 != old[0]:
+                self.emit(f"motor/{m.mne}/low_limit", m.low)
+            if d2 != old[1]:
+                self.emit(f"motor/{m.mne}/high_limit", m.high)
 
     def set_param(self, mne: str, name: str, value: float) -> None:
         with self.lock:

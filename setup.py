@@ -18,7 +18,7 @@ SPECSRV_HDW = [
 ]
 
 # specsrv, server mode
-SPECSRV: list[str] = []
+SPECSRV = ["specsrv = specsrv.cli:main", "spec-remote = specsrv.client:main"]
 
 # archonsrv
 ARCHONSRV: list[str] = []

@@ -1,0 +1,8 @@
+"""``python -m specsrv``: the spec server (same as ``specsrv``)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -92,10 +92,6 @@ def wire_value(v):
     return v
 
 
-def element_prop(name: str, key: str) -> str:
-    return f"var/{name}" + "".join(f"[{k}]" for k in key.split(P.ASSOC_SEP))
-
-
 def parse_var_prop(rest: str) -> tuple[str, str | None]:
     """``NAME`` or ``NAME[k]`` or ``NAME[k1][k2]`` -> (name, key or None)."""
     if "[" not in rest:
@@ -197,26 +193,27 @@ class SpecServer:
             watched = [p for p in self.registry if p == base or p.startswith(base + "[")]
         if not watched:
             return
+        # element registrations by the key they name (``var/x[1]``, ``var/x["1"]``)
+        keyed = {p: parse_var_prop(p[4:])[1] for p in watched if p != base}
         with self.interp.lock:
             value = self.interp.globals.get(name)
             if key is None:
                 whole = wire_value(value) if value is not None else ""
                 elements = {
-                    p: wire_value(value.get(parse_var_prop(p[4:])[1], ""))
-                    for p in watched
-                    if p != base and isinstance(value, Assoc)
+                    p: wire_value(value.get(k, ""))
+                    for p, k in keyed.items()
+                    if isinstance(value, Assoc)
                 }
             else:
                 elem = value.get(key, "") if isinstance(value, Assoc) else ""
                 whole = {key: wire_value(elem)}
-                elements = {element_prop(name, key): wire_value(elem)}
+                elements = {p: wire_value(elem) for p, k in keyed.items() if k == key}
         if isinstance(whole, np.ndarray):
             return  # data arrays cannot be watched
         if base in watched:
             self.emit(base, whole, flags)
         for p, v in elements.items():
-            if p in watched:
-                self.emit(p, v, flags)
+            self.emit(p, v, flags)
 
     def _on_output(self, file: str, text: str) -> None:
         self.emit(f"output/{file}", text)
@@ -320,7 +317,10 @@ class SpecServer:
                 return True, False
             return parts[2] in MOTOR_VALUE_PROPS, True
         if head == "var" and len(parts) >= 2:
-            name, _ = parse_var_prop(prop[4:])
+            try:
+                name, _ = parse_var_prop(prop[4:])
+            except PropError:
+                return False, False
             v = self.interp.lookup(name)
             if isinstance(v, DataArray):
                 return False, False
@@ -486,16 +486,29 @@ class SpecServer:
                     del self.registry[prop]
             self.clients.discard(client)
 
+    def next_job(self, timeout: float = 0.5) -> Job | None:
+        """Take the next command off the queue (None after ``timeout`` or stop).
+
+        A ^C that came while nothing ran is forgotten here, under the queue
+        lock: an SV_ABORT (or abort_all) that arrives from now on, even before
+        the interpreter starts on the job, interrupts this job.
+        """
+        with self.queue_cv:
+            if not self.queue and not self._stop.is_set():
+                self.queue_cv.wait(timeout)
+            if self._stop.is_set() or not self.queue:
+                return None
+            job = self.queue.popleft()
+            self.current = job
+            self.busy = True
+            self.interp.clear_abort()
+            return job
+
     def _command_loop(self) -> None:
         while not self._stop.is_set():
-            with self.queue_cv:
-                while not self.queue and not self._stop.is_set():
-                    self.queue_cv.wait(0.5)
-                if self._stop.is_set():
-                    return
-                job = self.queue.popleft()
-                self.current = job
-                self.busy = True
+            job = self.next_job()
+            if job is None:
+                continue
             self.set_ready(False)
             try:
                 self._run_job(job)
@@ -510,7 +523,7 @@ class SpecServer:
     def _run_job(self, job: Job) -> None:
         log.debug("command: %r", job.text[:200])
         try:
-            value, output = self.interp.run(job.text)
+            value, output = self.interp.run(job.text, clear_abort=False)
             result = wire_value(value) if value is not None else output
         except SpecError as exc:
             msg = str(exc)

@@ -668,3 +668,26 @@ def test_zz_no_tracebacks_in_the_server_log(server):
     c.close()
     text_ = log.read_text()
     assert "Traceback" not in text_ and "error while serving" not in text_
+
+
+def test_malformed_element_registration_is_an_error_event_not_a_crash(server):
+    port, _ = server
+    c = Raw(port)
+    c.send(REGISTER, name="error")
+    assert text(c.expect(EVENT, "error")) == "No error"
+    c.send(REGISTER, name="var/wire_bad[1")
+    assert "var/wire_bad[1" in text(c.expect(EVENT, "error"))
+    c.send(HELLO, sn=8)  # the same connection still works
+    assert c.expect(HELLO_REPLY, sn=8)["name"] == NAME
+    c.close()
+
+
+def test_element_registered_with_a_quoted_key_gets_events(server):
+    port, _ = server
+    c = Raw(port)
+    c.eval('wire_q["k"] = 1', sn=1)
+    c.send(REGISTER, name='var/wire_q["k"]')
+    assert text(c.expect(EVENT, 'var/wire_q["k"]')) == "1"
+    _, seen = c.eval_events('wire_q["k"] = 5', sn=2)
+    assert [(h["name"], text(h)) for h in seen] == [('var/wire_q["k"]', "5")]
+    c.close()

@@ -12,6 +12,7 @@ order of its first packet and ``min(its version, 4)``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import socket
 import threading
@@ -33,6 +34,8 @@ log = logging.getLogger("specsrv")
 dlog = logging.getLogger("specsrv.debug")
 
 MAX_PENDING_PER_CLIENT = 256
+#: command text one client may have waiting in the queue (beyond its first command)
+MAX_PENDING_BYTES_PER_CLIENT = 16 << 20
 MAX_REGISTRATIONS_PER_CLIENT = 10000
 MAX_OUT_PACKETS = 20000
 MAX_OUT_BYTES = 256 << 20
@@ -208,12 +211,21 @@ class SpecServer:
                 elem = value.get(key, "") if isinstance(value, Assoc) else ""
                 whole = {key: wire_value(elem)}
                 elements = {p: wire_value(elem) for p, k in keyed.items() if k == key}
-        if isinstance(whole, np.ndarray):
-            return  # data arrays cannot be watched
-        if base in watched:
-            self.emit(base, whole, flags)
-        for p, v in elements.items():
-            self.emit(p, v, flags)
+            if isinstance(whole, np.ndarray):
+                return  # data arrays cannot be watched
+            # still under the lock: see event_lock()
+            if base in watched:
+                self.emit(base, whole, flags)
+            for p, v in elements.items():
+                self.emit(p, v, flags)
+
+    def event_lock(self, prop: str):
+        """The lock held while events of ``prop`` are produced (or a no-op)."""
+        if prop.startswith(("motor/", "scaler/")):
+            return self.hw.lock
+        if prop.startswith("var/"):
+            return self.interp.lock
+        return contextlib.nullcontext()
 
     def _on_output(self, file: str, text: str) -> None:
         self.emit(f"output/{file}", text)
@@ -452,8 +464,11 @@ class SpecServer:
     def push(self, client: ClientHandler | None, text: str, sn: int = 0, reply: bool = False):
         with self.queue_cv:
             if client is not None:
-                mine = sum(1 for j in self.queue if j.client is client)
-                if mine >= MAX_PENDING_PER_CLIENT:
+                mine = [j for j in self.queue if j.client is client]
+                waiting = sum(len(j.text) for j in mine)
+                if len(mine) >= MAX_PENDING_PER_CLIENT or (
+                    mine and waiting + len(text) > MAX_PENDING_BYTES_PER_CLIENT
+                ):
                     raise PropError("Too many commands waiting in the queue for this client.")
             self.queue.append(Job(client, sn, text, reply))
             self.queue_cv.notify()
@@ -854,7 +869,12 @@ class ClientHandler:
             return
         if prop == "error":
             value = "No error"
-        else:
+            self.send_packet(P.make_packet(Cmd.EVENT, value, name=prop, order=self.order))
+            return
+        # Read and queue the initial event under the lock its events are sent
+        # under, so an event of a change that happens meanwhile (a move that
+        # starts) cannot come before an initial event with the older value.
+        with srv.event_lock(prop):
             try:
                 value = srv.read_property(prop)
             except PropError as exc:
@@ -865,7 +885,7 @@ class ClientHandler:
                         P.make_packet(Cmd.EVENT, str(exc), name="error", order=self.order)
                     )
                 return
-        self.send_packet(P.make_packet(Cmd.EVENT, value, name=prop, order=self.order))
+            self.send_packet(P.make_packet(Cmd.EVENT, value, name=prop, order=self.order))
 
 
 class _Handler:

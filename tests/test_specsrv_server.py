@@ -74,3 +74,40 @@ def test_abort_while_idle_does_not_abort_the_next_command(spec):
     assert run_with_guard(spec, job)
     (r,) = replies(peer, 1)
     assert (r.cmd, r.sn, r.type, r.text()) == (P.Cmd.REPLY, 7, P.Type.STRING, "2")
+
+
+def test_queued_command_text_per_client_is_bounded(spec):
+    from specsrv.server import MAX_PENDING_BYTES_PER_CLIENT, PropError
+
+    c, _ = spec.client()
+    other, _ = spec.client()
+    big = "x=1;" * (MAX_PENDING_BYTES_PER_CLIENT // 16)  # a quarter of the bound
+    for _ in range(4):
+        spec.push(c, big)
+    with pytest.raises(PropError):
+        spec.push(c, big)  # nothing runs the queue: a fifth would pass the bound
+    spec.push(other, big)  # another client is not affected
+    spec.abort_from(c)  # and SV_ABORT frees the space
+    spec.push(c, big)
+    assert [j.client for j in spec.queue] == [other, c]
+
+
+def test_initial_event_cannot_follow_a_newer_event(spec):
+    """A move that starts while REGISTER reads move_done: 0 must not come after 1."""
+    c, peer = spec.client()
+    read = spec.read_property
+    mover = threading.Thread(target=spec.hw.start_moves, args=({"m1": 1.0},), daemon=True)
+
+    def read_then_move(prop):
+        value = read(prop)
+        if prop == "motor/m1/move_done":
+            mover.start()  # the move starts between the read and the initial event
+            mover.join(0.5)
+        return value
+
+    spec.read_property = read_then_move
+    c.handle_packet(P.Packet(cmd=P.Cmd.REGISTER, name="motor/m1/move_done"))
+    mover.join(5)
+    events = [(p.name, p.text()) for p in replies(peer, 2)]
+    assert events == [("motor/m1/move_done", "0"), ("motor/m1/move_done", "1")]
+    spec.hw.abort()

@@ -753,10 +753,7 @@ class ClientHandler:
             log.warning("%s: protocol error, closing the connection: %s", self.peer, exc)
             return False
         log.warning("%s: bad packet (%s, sn %d): %s", self.peer, pkt.cmd_name, pkt.sn, exc)
-        if pkt.cmd in (Cmd.CMD_WITH_RETURN, Cmd.FUNC_WITH_RETURN, Cmd.CHAN_READ, Cmd.CHAN_SEND) or (
-            pkt.cmd not in (Cmd.CMD, Cmd.FUNC, Cmd.REGISTER, Cmd.UNREGISTER, Cmd.CLOSE, Cmd.ABORT)
-            and pkt.sn
-        ):
+        if P.error_reply_due(pkt):
             self.error_reply(pkt.sn, str(exc), name=pkt.name, err=2)
         return True
 
@@ -823,7 +820,7 @@ class ClientHandler:
         else:
             # RETURN, and server-to-client codes sent by a confused client
             log.info("%s: ignoring %s from a client", self.peer, pkt.cmd_name)
-            if pkt.sn:
+            if P.error_reply_due(pkt):
                 self.error_reply(pkt.sn, f"{pkt.cmd_name} is not a client request", err=2)
         return True
 
@@ -831,18 +828,12 @@ class ClientHandler:
         if pkt.type not in (Type.STRING, Type.DOUBLE) and pkt.data:
             return None
         if pkt.cmd in (Cmd.FUNC, Cmd.FUNC_WITH_RETURN):
-            items = P.split_func(pkt.data)
-            if not items:
-                return ""
-            if len(items) == 1:
-                return items[0]
-            name, args = items[0], items[1:]
-            srv = self.server
-            params = srv.interp.macros.get(name, (None, ""))[0]
-            is_function = name in srv.interp.functions or params is not None
-            if is_function:
-                return f"{name}({', '.join(args)})"
-            return " ".join([name, *args])
+            interp = self.server.interp
+
+            def is_function(name: str) -> bool:
+                return name in interp.functions or interp.macros.get(name, (None,))[0] is not None
+
+            return P.func_command(pkt.data, is_function)
         return pkt.text()
 
     def _register(self, prop: str) -> None:

@@ -691,3 +691,14 @@ def test_element_registered_with_a_quoted_key_gets_events(server):
     _, seen = c.eval_events('wire_q["k"] = 5', sn=2)
     assert [(h["name"], text(h)) for h in seen] == [('var/wire_q["k"]', "5")]
     c.close()
+
+
+def test_hello_with_a_full_debug_name_is_answered(server):
+    port, _ = server
+    c = Raw(port, ">", 3)
+    raw = bytearray(c.pack(HELLO, sn=12))
+    raw[48:128] = b"spec client debugging text " * 2 + b"x" * 26  # 80 bytes, no NUL
+    c.sock.sendall(bytes(raw))
+    h = c.expect(HELLO_REPLY, sn=12)
+    assert h["name"] == NAME and text(h) == NAME
+    c.close()

@@ -34,6 +34,8 @@ log = logging.getLogger("specsrv")
 dlog = logging.getLogger("specsrv.debug")
 
 MAX_PENDING_PER_CLIENT = 256
+#: commands in the queue from all clients together (also those of clients gone)
+MAX_QUEUE = 4096
 #: command text one client may have waiting in the queue (beyond its first command)
 MAX_PENDING_BYTES_PER_CLIENT = 16 << 20
 MAX_REGISTRATIONS_PER_CLIENT = 10000
@@ -463,6 +465,8 @@ class SpecServer:
     # -- command queue ------------------------------------------------------------
     def push(self, client: ClientHandler | None, text: str, sn: int = 0, reply: bool = False):
         with self.queue_cv:
+            if len(self.queue) >= MAX_QUEUE:
+                raise PropError("The command queue is full.")
             if client is not None:
                 mine = [j for j in self.queue if j.client is client]
                 waiting = sum(len(j.text) for j in mine)
@@ -488,10 +492,12 @@ class SpecServer:
         self.interp.abort()
 
     def forget(self, client: ClientHandler) -> None:
+        """A client has gone: its queued commands still run (a remote_cmd or
+        start_one followed by SV_CLOSE is not lost), without replies."""
         with self.queue_cv:
-            kept = [j for j in self.queue if j.client is not client]
-            self.queue.clear()
-            self.queue.extend(kept)
+            for j in self.queue:
+                if j.client is client:
+                    j.client = None
             if self.current is not None and self.current.client is client:
                 self.current.cancelled = True
         with self.reg_lock:

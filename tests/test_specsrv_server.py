@@ -111,3 +111,18 @@ def test_initial_event_cannot_follow_a_newer_event(spec):
     events = [(p.name, p.text()) for p in replies(peer, 2)]
     assert events == [("motor/m1/move_done", "0"), ("motor/m1/move_done", "1")]
     spec.hw.abort()
+
+
+def test_commands_of_a_client_that_left_stay_queued_and_the_queue_is_bounded(spec):
+    from specsrv.server import MAX_QUEUE, PropError
+
+    c, _ = spec.client()
+    spec.push(c, "left_behind = 1")
+    spec.push(c, "2+2", sn=3, reply=True)
+    spec.forget(c)
+    assert [(j.client, j.text) for j in spec.queue] == [(None, "left_behind = 1"), (None, "2+2")]
+    while len(spec.queue) < MAX_QUEUE:
+        spec.push(None, "x = 1")
+    other, _ = spec.client()
+    with pytest.raises(PropError):
+        spec.push(other, "1")

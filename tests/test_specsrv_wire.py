@@ -659,17 +659,6 @@ def test_random_packets_never_take_the_server_down(server):
     good.close()
 
 
-def test_zz_no_tracebacks_in_the_server_log(server):
-    """Runs last in this module: nothing above made a handler or thread crash."""
-    port, log = server
-    c = Raw(port)
-    c.send(HELLO, sn=1)
-    c.expect(HELLO_REPLY, sn=1)
-    c.close()
-    text_ = log.read_text()
-    assert "Traceback" not in text_ and "error while serving" not in text_
-
-
 def test_malformed_element_registration_is_an_error_event_not_a_crash(server):
     port, _ = server
     c = Raw(port)
@@ -702,3 +691,34 @@ def test_hello_with_a_full_debug_name_is_answered(server):
     h = c.expect(HELLO_REPLY, sn=12)
     assert h["name"] == NAME and text(h) == NAME
     c.close()
+
+
+def test_commands_queued_by_a_client_that_closes_still_run(server):
+    port, _ = server
+    a = Raw(port)
+    a.send(CMD_WITH_RETURN, sn=1, data=b"sleep(0.4)\0")  # keeps the command thread busy
+    time.sleep(0.1)
+    b = Raw(port)
+    b.send(CMD, data=b"wire_kept = 5\0")
+    b.send(CHAN_SEND, name="motor/m1/start_one", data=b"0.25\0")
+    b.send(CLOSE)
+    b.close()
+    a.expect(REPLY, sn=1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and text(a.read("motor/m1/position")) != "0.25":
+        time.sleep(0.05)
+    assert text(a.read("motor/m1/position")) == "0.25"
+    assert text(a.read("var/wire_kept")) == "5"
+    a.eval("mv m1 0; waitmove", sn=2)
+    a.close()
+
+
+def test_zz_no_tracebacks_in_the_server_log(server):
+    """Runs last in this module: nothing above made a handler or thread crash."""
+    port, log = server
+    c = Raw(port)
+    c.send(HELLO, sn=1)
+    c.expect(HELLO_REPLY, sn=1)
+    c.close()
+    text_ = log.read_text()
+    assert "Traceback" not in text_ and "error while serving" not in text_

@@ -356,8 +356,10 @@ class SpecServer:
         value = self._decode(pkt)
         text = value if isinstance(value, str) else format_value(value)
         if prop == "scaler/.all./count":
-            if is_numeric(text) and to_num(text) != 0:
-                self.push(client, f"count_em {text}\n")
+            if text.strip() and not is_numeric(text):
+                raise PropError(f"count needs a number: {text[:40]!r}")
+            if text.strip() and to_num(text) != 0:
+                self.push(client, f"count_em {text.strip()}\n")
             else:
                 self.interp.abort()
             return

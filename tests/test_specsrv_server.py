@@ -126,3 +126,14 @@ def test_commands_of_a_client_that_left_stay_queued_and_the_queue_is_bounded(spe
     other, _ = spec.client()
     with pytest.raises(PropError):
         spec.push(other, "1")
+
+
+def test_count_send_needs_a_number(spec):
+    from specsrv.server import PropError
+
+    c, _ = spec.client()
+    with pytest.raises(PropError):
+        spec.send_property(c, P.make_packet(P.Cmd.CHAN_SEND, "2; exit", name="scaler/.all./count"))
+    assert not spec.queue
+    spec.send_property(c, P.make_packet(P.Cmd.CHAN_SEND, " 0.5 ", name="scaler/.all./count"))
+    assert [j.text for j in spec.queue] == ["count_em 0.5\n"]

@@ -162,6 +162,11 @@ class ErrorValue:
 # -- headers ----------------------------------------------------------------
 
 
+def reply_version(client_vers: int | None) -> int:
+    """Header version of everything sent to a client: min(its version, 4)."""
+    return min(max(client_vers or SV_VERSION, 2), SV_VERSION)
+
+
 def header_version(vers: int) -> int:
     """Header layout used for a client's ``vers`` (v4 layout for newer ones)."""
     if vers <= 2:

@@ -741,7 +741,7 @@ class ClientHandler:
                 for item in items:
                     if first and decoder.order is not None:
                         self.order = decoder.order
-                        self.vers = min(max(decoder.version or 4, 2), P.SV_VERSION)
+                        self.vers = P.reply_version(decoder.version)
                         first = False
                     if isinstance(item, P.ProtocolError):
                         if not self._protocol_error(item):

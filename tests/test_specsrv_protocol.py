@@ -351,3 +351,8 @@ def test_hello_name_without_nul_is_not_a_problem():
     raw[24:28] = struct.pack("<i", Cmd.CHAN_READ)
     (err,) = P.Decoder().feed(bytes(raw))
     assert isinstance(err, P.ProtocolError) and not err.fatal
+
+
+@pytest.mark.parametrize("client, reply", [(2, 2), (3, 3), (4, 4), (5, 4), (17, 4), (None, 4)])
+def test_reply_version_is_min_of_client_and_4(client, reply):
+    assert P.reply_version(client) == reply

@@ -1043,7 +1043,12 @@ class Camera:
                     try:
                         cube[0].extension(
                             fitsio.pixels(image, geom.bitpix, self.hdrshift),
-                            [("EXTNAME", str(k), "exposure number"), *keys],
+                            [
+                                ("EXTNAME", str(k), "exposure number"),
+                                ("FRAMENUM", buf.frame, "Archon frame number"),
+                                ("DATE-OBS", self._stamp(start), "exposure start"),
+                                *keys,
+                            ],
                         )
                     except fitsio.FitsWriteError:
                         self.notify("DATACUBE", f"{k} ERROR")
@@ -1178,6 +1183,10 @@ class Camera:
     def _localtime(self, t: float) -> time.struct_time:
         return time.localtime(t) if self.cfg.tm_zone == "local" else time.gmtime(t)
 
+    def _stamp(self, t: float) -> str:
+        st = self._localtime(t)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", st) + f".{int(t * 1000) % 1000:03d}"
+
     def _target_dir(self, start: float) -> Path:
         base = Path(self.imdir)
         if not self.autodir:
@@ -1203,9 +1212,7 @@ class Camera:
             ("SHUTTEN", bool(self.shutter_enabled), "shutter enabled"),
         ]
         if start is not None:
-            st = self._localtime(start)
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", st) + f".{int(start * 1000) % 1000:03d}"
-            cards.append(("DATE-OBS", stamp, "exposure start"))
+            cards.append(("DATE-OBS", self._stamp(start), "exposure start"))
         if self.shutter_forced:
             cards.append(("SHUTFORC", 1, f"shutter forced {self.shutter_forced.lower()}"))
         cards.append(("MODE", self.mode or "", "camera mode"))

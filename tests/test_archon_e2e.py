@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -272,4 +273,50 @@ def test_exit_command_stops_cleanly(tmp_path):
         assert rig.cam.wait(10) == 0
         assert not os.path.exists(f"/tmp/camerad.{rig.blkport}.pid")
     finally:
+        rig.stop()
+
+
+def test_trigin_expose_with_simulated_trigger(rig):
+    loaded(rig)
+    assert rig.blk("exptime 0") == "0 DONE"
+    rig.listener.clear()
+    assert rig.blk("trigin expose 2") == "DONE"
+    assert rig.blk("expose") == "ERROR"  # armed: the frame buffers belong to the trigger
+    a = rig.archon()
+    try:
+        for _ in range(2):
+            a.command("SIMTRIGGER")
+            assert rig.listener.wait_for("FILE:") is not None
+            rig.listener.clear()
+    finally:
+        a.close()
+    deadline = time.monotonic() + 5
+    while rig.blk("test busy") != "false DONE" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rig.blk("trigin disable") == "DONE"
+    assert rig.blk("trigin readout") == "DONE"
+    assert rig.blk("trigin disable") == "DONE"
+    assert rig.blk("test busy") == "false DONE"
+
+
+def test_daemon_mode_with_lock_file(tmp_path):
+    rig = Rig(tmp_path, DAEMON="yes")
+    pid = None
+    try:
+        res = procs.run("archonsrv.cli", str(rig.cfgfile), "--lockfile", str(tmp_path / "cam.pid"))
+        assert res.returncode == 0  # the parent returns once the daemon runs
+        procs.wait_port(rig.nbport)
+        pid = int((tmp_path / "cam.pid").read_text().split()[0])
+        assert rig.nb("echo daemon") == "daemon DONE"
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while (tmp_path / "cam.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not (tmp_path / "cam.pid").exists()
+        assert list((tmp_path / "logs").glob("camerad_*.log"))
+        pid = None
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         rig.stop()

@@ -17,7 +17,7 @@ SPECSRV_HDW: list[str] = []
 SPECSRV: list[str] = []
 
 # archonsrv
-ARCHONSRV: list[str] = []
+ARCHONSRV = ["camerad = archonsrv.cli:main", "archonsim = archonsrv.sim:main"]
 
 # mrt
 MRT: list[str] = []

@@ -156,12 +156,17 @@ class Rig:
         procs.wait_port(self.nbport, proc=self.cam)
         return self
 
-    def stop(self) -> dict[str, int | None]:
-        out: dict[str, int | None] = {}
+    def close_blk(self) -> None:
+        """Close the blocking-port connection (another client may then connect)."""
         if self._blk is not None:
             with contextlib.suppress(OSError):
                 self._blk.close()
             self._blk = None
+            self._blkbuf = b""
+
+    def stop(self) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        self.close_blk()
         if self.cam is not None:
             out["camerad"] = procs.stop(self.cam)
         if self.sim is not None:

@@ -130,10 +130,14 @@ def blocks_for(nbytes: int) -> int:
     return -(-nbytes // BLOCK)
 
 
-def encode_fetch_reply(ref: int, payload: bytes | memoryview | np.ndarray, blocks: int) -> bytes:
-    """``blocks`` x (``<xx:`` + 1024 bytes); payload padded with 0xFF if short."""
-    out = np.full((blocks, BLOCK_WIRE), 0xFF, dtype=np.uint8)
-    out[:, :BLOCK_HEADER] = np.frombuffer(b"<%02X:" % ref, dtype=np.uint8)
+def fetch_wire(payload: bytes | memoryview | np.ndarray, blocks: int) -> np.ndarray:
+    """A FETCH reply as a (blocks, 1028) uint8 array, headers still blank.
+
+    The payload fills the 1024-byte data part of each block; a short payload
+    is padded with 0xFF.  :func:`set_fetch_headers` writes the ``<xx:``
+    headers once the message reference is known.
+    """
+    out = np.empty((blocks, BLOCK_WIRE), dtype=np.uint8)
     if isinstance(payload, np.ndarray):
         src = payload.reshape(-1).view(np.uint8)
     else:
@@ -142,9 +146,22 @@ def encode_fetch_reply(ref: int, payload: bytes | memoryview | np.ndarray, block
     full, rest = divmod(n, BLOCK)
     if full:
         out[:full, BLOCK_HEADER:] = src[: full * BLOCK].reshape(full, BLOCK)
+    if full < blocks:
+        out[full:, BLOCK_HEADER:] = 0xFF
     if rest:
         out[full, BLOCK_HEADER : BLOCK_HEADER + rest] = src[full * BLOCK : n]
-    return out.tobytes()
+    return out
+
+
+def set_fetch_headers(wire: np.ndarray, ref: int) -> None:
+    wire[:, :BLOCK_HEADER] = np.frombuffer(b"<%02X:" % ref, dtype=np.uint8)
+
+
+def encode_fetch_reply(ref: int, payload: bytes | memoryview | np.ndarray, blocks: int) -> bytes:
+    """``blocks`` x (``<xx:`` + 1024 bytes); payload padded with 0xFF if short."""
+    wire = fetch_wire(payload, blocks)
+    set_fetch_headers(wire, ref)
+    return wire.tobytes()
 
 
 class FetchDecoder:

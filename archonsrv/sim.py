@@ -111,6 +111,39 @@ def synthetic_raw(samples: int, lines: int, frame: int) -> np.ndarray:
     return ((np.arange(n, dtype=np.uint32) * 7 + frame) & 0xFFFF).astype(np.uint16)
 
 
+def build_wire(g: SimGeometry, seed: int, frame: int) -> tuple[np.ndarray, int]:
+    """Frame buffer ``frame`` as FETCH blocks (headers blank) and its RAWOFFSET.
+
+    The common case (16-bit image, no raw data) is computed straight into
+    the block array, one pass over the memory.
+    """
+    npix = g.width * g.height
+    if g.sample == 0 and not g.rawenable and npix:
+        base = _base_image(g.width, g.height, seed).reshape(-1)
+        per = P.BLOCK // 2
+        blocks = P.blocks_for(npix * 2)
+        wire = np.empty((blocks, P.BLOCK_WIRE), dtype=np.uint8)
+        w16 = wire.view("<u2")  # (blocks, 514): 2 header words, 512 pixels
+        full, rest = divmod(npix, per)
+        add = np.uint16(frame % 32)
+        if full:
+            np.add(base[: full * per].reshape(full, per), add, out=w16[:full, 2:])
+        if rest:
+            w16[full, 2 : 2 + rest] = base[full * per :] + add
+            w16[full, 2 + rest :] = 0xFFFF
+        return wire, P.blocks_for(npix * 2) * P.BLOCK
+    image = synthetic_image(g.width, g.height, seed, frame, g.sample)
+    data = image.reshape(-1).view(np.uint8)
+    rawoffset = P.blocks_for(len(data)) * P.BLOCK
+    if g.rawenable and g.rawsamples and g.rawlines:
+        raw = synthetic_raw(g.rawsamples, g.rawlines, frame).view(np.uint8)
+        whole = np.full(rawoffset + len(raw), 0xFF, dtype=np.uint8)
+        whole[: len(data)] = data
+        whole[rawoffset:] = raw
+        data = whole
+    return P.fetch_wire(data, P.blocks_for(len(data))), rawoffset
+
+
 # ---------------------------------------------------------------------------
 # controller state
 # ---------------------------------------------------------------------------
@@ -140,7 +173,7 @@ class SimBuffer:
     sample: int = 0
     mode: int = 0
     rawoffset: int = 0
-    data: np.ndarray | None = None  # bytes of the buffer (image, then raw)
+    wire: np.ndarray | None = None  # the buffer as FETCH blocks (image, then raw)
 
 
 @dataclass
@@ -157,8 +190,9 @@ class SimGeometry:
 
 @dataclass
 class FetchReply:
-    payload: np.ndarray
     blocks: int
+    payload: np.ndarray | None = None  # bytes to send (a part of a buffer)
+    wire: np.ndarray | None = None  # or a whole prebuilt buffer (headers set at send)
 
 
 class ArchonState:
@@ -182,6 +216,8 @@ class ArchonState:
         self._exposing = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._prebuilt: tuple | None = None
+        self.fetch_lock = threading.Lock()  # one send of a prebuilt buffer at a time
         self._set_buffers(0)
 
     # -- helpers -----------------------------------------------------------
@@ -429,15 +465,7 @@ class ArchonState:
             self.faults.discard("NOREADOUT")
             duration = 0.9 * self.settings.readout_ms / 1000.0
         t0 = time.monotonic()
-        image = synthetic_image(g.width, g.height, self.settings.seed, frame_no, g.sample)
-        data = image.reshape(-1).view(np.uint8)
-        rawoffset = P.blocks_for(len(data)) * P.BLOCK
-        if g.rawenable and g.rawsamples and g.rawlines:
-            raw = synthetic_raw(g.rawsamples, g.rawlines, frame_no).view(np.uint8)
-            full = np.full(rawoffset + len(raw), 0xFF, dtype=np.uint8)
-            full[: len(data)] = data
-            full[rawoffset:] = raw
-            data = full
+        wire, rawoffset = self._take_wire(g, frame_no)
         while True:
             elapsed = time.monotonic() - t0
             with self.lock:
@@ -453,12 +481,29 @@ class ArchonState:
             if self._stop.wait(min(0.02, duration - elapsed)):
                 return
         with self.lock:
-            buf.data = data
+            buf.wire = wire
             buf.rawoffset = rawoffset if g.rawenable else 0
             self.framecount = frame_no
             buf.frame = frame_no
             buf.timestamp = self.ticks()
             buf.complete = 1
+        # build the next frame while the client fetches this one
+        t = threading.Thread(
+            target=self._prebuild, args=(g, frame_no + 1), name="archonsim-prebuild", daemon=True
+        )
+        t.start()
+
+    def _prebuild(self, g: SimGeometry, frame_no: int) -> None:
+        wire = build_wire(g, self.settings.seed, frame_no)
+        with self.lock:
+            self._prebuilt = (g, self.settings.seed, frame_no, wire)
+
+    def _take_wire(self, g: SimGeometry, frame_no: int) -> tuple[np.ndarray, int]:
+        with self.lock:
+            pre, self._prebuilt = self._prebuilt, None
+        if pre is not None and pre[:3] == (g, self.settings.seed, frame_no):
+            return pre[3]
+        return build_wire(g, self.settings.seed, frame_no)
 
     def stop(self) -> None:
         self._stop.set()
@@ -549,11 +594,15 @@ class ArchonState:
         for b in self.buffers:
             size = 0x20000000 if len(self.buffers) == 3 else 0x30000000
             if b.base <= addr < b.base + size:
-                if b.data is None or b.index != self.locked:
+                if b.wire is None or b.index != self.locked:
                     self._log(f"FETCH from buffer {b.index} which is not locked or empty")
                 off = addr - b.base
-                src = b.data if b.data is not None else np.empty(0, np.uint8)
-                return FetchReply(src[off : off + blocks * P.BLOCK], blocks)
+                if b.wire is not None and off == 0 and blocks == len(b.wire):
+                    return FetchReply(blocks, wire=b.wire)
+                src = b.wire[:, P.BLOCK_HEADER :].reshape(-1) if b.wire is not None else None
+                if src is None:
+                    src = np.empty(0, np.uint8)
+                return FetchReply(blocks, payload=src[off : off + blocks * P.BLOCK])
         self._log(f"FETCH address {addr:08X} outside the frame buffers")
         return False
 
@@ -594,25 +643,30 @@ class ArchonHandler(LineHandler):
                 return
 
     def _send_fetch(self, ref: int, reply: FetchReply, state: ArchonState) -> bool:
-        data = P.encode_fetch_reply(ref, reply.payload, reply.blocks)
         with state.lock:
             drop = "FETCHDROP" in state.faults
             short = "FETCHSHORT" in state.faults
             state.faults.discard("FETCHDROP")
             state.faults.discard("FETCHSHORT")
-        if drop or short:
+        with state.fetch_lock:
+            if reply.wire is not None:
+                P.set_fetch_headers(reply.wire, ref)
+                data = memoryview(reply.wire.reshape(-1))
+            else:
+                data = memoryview(P.encode_fetch_reply(ref, reply.payload, reply.blocks))
+            if not (drop or short):
+                return self.send(data)
             half = (reply.blocks // 2) * P.BLOCK_WIRE + P.BLOCK_WIRE // 3
             self.send(data[:half])
-            if drop:
-                log.info("%s: SIMFAULT FETCHDROP: connection closed mid-FETCH", self.peer)
-                try:
-                    self.request.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                return False
-            log.info("%s: SIMFAULT FETCHSHORT: FETCH reply cut short", self.peer)
-            return True
-        return self.send(data)
+        if drop:
+            log.info("%s: SIMFAULT FETCHDROP: connection closed mid-FETCH", self.peer)
+            try:
+                self.request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return False
+        log.info("%s: SIMFAULT FETCHSHORT: FETCH reply cut short", self.peer)
+        return True
 
 
 class ArchonSim(runtime.Service):

@@ -2,7 +2,7 @@
 
 Every figure is a ratio against a baseline measured in the same run:
 
-* a 4200 x 4200 16-bit exposure (exptime 0, READOUT_TIME 1 ms) from
+* a 4200 x 4200 16-bit exposure (exptime 0, simulated readout 1 ms) from
   ``expose`` to the FITS file complete, against moving the same bytes over
   raw loopback TCP plus writing and fsyncing them to the same disk
   (target <= 1.5);
@@ -131,12 +131,23 @@ def main(argv: list[str] | None = None) -> int:
         oneshot.one_shot = True
         for srv in (echo, oneshot):
             threading.Thread(target=srv.serve_forever, daemon=True).start()
-        rig = Rig(tmp, readout_ms=1)
+        # the simulated readout takes ~1 ms; camerad allows 5.5 s for it
+        rig = Rig(tmp, readout_ms=5000, sim_args=("--readout-time", "1"))
         rig.start(listen=False)
         try:
-            for cmd in ("open", "load", "geometry 4200 4200", "exptime 0", "autodir no"):
+            for cmd in (
+                "longerror true",
+                "open",
+                "load",
+                "geometry 4200 4200",
+                "exptime 0",
+                "autodir no",
+            ):
                 rig.blk(cmd)
-            rig.blk("expose")  # warm-up: the simulator builds its synthetic image once
+            warm = rig.blk("expose", timeout=120)  # the simulator builds its image once
+            if warm != "DONE":
+                print(f"expose failed: {warm}")
+                return 1
             for f in rig.fits_files():
                 f.unlink()
             walls, bases = [], []
@@ -160,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'met' if ratio <= 1.5 else 'NOT met'})"
             )
             rig.blk("geometry 256 256")
+            rig.close_blk()
+            time.sleep(0.2)  # let camerad's handler thread finish
             cam = _roundtrips(rig.blkport, echo_n)
             raw = _roundtrips(echo.server_address[1], echo_n)
             med, rawmed = statistics.median(cam), statistics.median(raw)

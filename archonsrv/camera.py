@@ -1033,10 +1033,15 @@ class Camera:
                 if i < pre:
                     log.info("pre-exposure %d of %d done (frame %d)", i + 1, pre, buf.frame)
                     continue
+                k = i - pre + 1
+                single = not self.cubeamps and not (self.datacube and n > 1)
+                if write and single:
+                    self._write_streamed(start, geom, keys, buf)
+                    frames_done += 1
+                    continue
                 image = self._read_frame(buf, geom)
                 if not write:
                     continue
-                k = i - pre + 1
                 if self.datacube and not self.cubeamps and n > 1:
                     if cube is None:
                         cube = self._open_file(start, geom, keys, buf, write_primary=True)
@@ -1150,7 +1155,7 @@ class Camera:
                 )
             (self.trig_stop if wait_forever else self.abort_event).wait(POLL)
 
-    def _read_frame(self, buf: P.BufferStatus, geom: P.Geometry) -> np.ndarray:
+    def _read_frame(self, buf: P.BufferStatus, geom: P.Geometry, sink=None) -> np.ndarray | None:
         if buf.width and buf.height and not geom.raw:
             if buf.width * buf.height != geom.width * geom.height:
                 self.notify(
@@ -1163,7 +1168,7 @@ class Camera:
             self.archon.command(f"LOCK{buf.index}")
             try:
                 t0 = time.monotonic()
-                data = self.archon.fetch(addr, geom.blocks)
+                data = self.archon.fetch(addr, geom.blocks, sink=sink)
                 log.debug(
                     "fetched frame %d: %d blocks in %.3f s",
                     buf.frame,
@@ -1176,6 +1181,8 @@ class Camera:
                         self.archon.command("LOCK0")
                     except ArchonError as exc:
                         log.warning("LOCK0 failed: %s", exc)
+        if data is None:
+            return None
         dtype = "<u2" if geom.bytes_per_pixel == 2 else "<u4"
         return data[: geom.image_bytes].view(dtype).reshape(geom.height, geom.width)
 
@@ -1270,6 +1277,25 @@ class Camera:
                 f.discard()
                 raise
         return f, name
+
+    def _write_streamed(self, start, geom, keys, buf) -> None:
+        """Fetch a frame straight into its FITS file, block by block."""
+        f, name = self._open_file(start, geom, keys, buf, write_primary=False)
+        try:
+            img = f.stream_image(
+                geom.width,
+                geom.height,
+                geom.bitpix,
+                self.hdrshift,
+                self._cards(name, buf, start, keys),
+            )
+            self._read_frame(buf, geom, sink=img.feed)
+            path = img.finish()
+        except BaseException:
+            f.discard()
+            self.notify("FILE", f"{f.directory / name} ERROR")
+            raise
+        self._file_done(path)
 
     def _write_single(self, start, geom, keys, buf, image) -> None:
         f, name = self._open_file(start, geom, keys, buf, write_primary=False)

@@ -165,25 +165,30 @@ class ArchonClient:
         address: int,
         blocks: int,
         progress: Callable[[int, int], None] | None = None,
-    ) -> np.ndarray:
-        """FETCH ``blocks`` 1024-byte blocks; return the payload bytes."""
+        sink: Callable[[np.ndarray], None] | None = None,
+    ) -> np.ndarray | None:
+        """FETCH ``blocks`` 1024-byte blocks; return the payload bytes.
+
+        With ``sink``, each run of verified blocks is passed on as it
+        arrives (a (k, 1024) array) and nothing is returned.  If the sink
+        raises, the rest of the reply is still read (the stream stays in
+        step) and the sink's exception is raised at the end.
+        """
+        sink_error: BaseException | None = None
         with self.lock:
             sock = self._ensure()
             ref = self._next_ref()
             text = P.fetch_command(address, blocks)
             log.debug("archon> %s", text)
             dec = P.FetchDecoder(ref, blocks)
-            # the buffered remainder of an earlier read belongs to this reply
+            if self._buf:  # bytes read before this command cannot belong to its reply
+                log.warning("discarding %d stale bytes from the Archon", len(self._buf))
+                self._buf.clear()
             try:
                 sock.sendall(P.encode_command(ref, text))
             except OSError as exc:
                 raise self._broken(f"cannot send to Archon: {exc.strerror or exc}") from None
             try:
-                if self._buf:
-                    pending = bytes(self._buf[: dec.total])
-                    del self._buf[: len(pending)]
-                    dec.writable()[: len(pending)] = pending
-                    dec.advance(len(pending))
                 last_report = 0
                 while not dec.done:
                     sock.settimeout(self.fetch_timeout)
@@ -205,9 +210,21 @@ class ArchonClient:
                             f"{dec.checked} of {blocks}"
                         )
                     dec.advance(n)
+                    if sink is not None and dec.checked > dec.delivered:
+                        try:
+                            sink(dec.take())
+                        except Exception as exc:  # noqa: BLE001 - re-raised after the drain
+                            sink_error = exc
+                            sink = None
                     if progress is not None and dec.checked - last_report >= 4096:
                         last_report = dec.checked
                         progress(dec.checked, blocks)
             except P.ProtocolError as exc:
                 raise self._broken(str(exc)) from None
+            if sink_error is not None:
+                raise sink_error
+            if sink is not None:
+                if dec.checked > dec.delivered:
+                    sink(dec.take())
+                return None
             return dec.payload()

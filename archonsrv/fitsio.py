@@ -110,6 +110,12 @@ class AtomicFits:
     def extension(self, data: np.ndarray, cards: list[Card]) -> None:
         self._guard(fits.append, str(self.tmp), data, header=_header(cards))
 
+    def stream_image(
+        self, width: int, height: int, bitpix: int, hdrshift: int, cards: list[Card]
+    ) -> StreamedImage:
+        """Start a primary image whose pixels arrive later, block by block."""
+        return StreamedImage(self, width, height, bitpix, hdrshift, cards)
+
     def commit(self) -> Path:
         """fsync, link to a unique final name, remove the temp name."""
         try:
@@ -151,3 +157,72 @@ class AtomicFits:
                 self._fh.close()
         with contextlib.suppress(OSError):
             os.unlink(self.tmp)
+
+
+class StreamedImage:
+    """A primary HDU written while its pixels arrive from a FETCH.
+
+    The header goes out first; :meth:`feed` takes the data parts of FETCH
+    blocks (k x 1024 bytes, little-endian pixels), converts them to FITS
+    (big-endian, BZERO offset) and appends them; :meth:`finish` pads the
+    data to a whole FITS block.  The result is the same file that
+    :meth:`AtomicFits.primary` writes from a whole array.
+    """
+
+    def __init__(self, f: AtomicFits, width: int, height: int, bitpix: int, hdrshift: int, cards):
+        self.f = f
+        self.bitpix = bitpix
+        self.hdrshift = hdrshift
+        self.left = width * height  # pixels still to come
+        self.nbytes = 0
+        dtype = np.uint16 if bitpix == 16 else np.uint32
+        bzero = 32768 if bitpix == 16 else 2147483648
+        hdr = fits.Header()
+        hdr["SIMPLE"] = (True, "conforms to FITS standard")
+        hdr["BITPIX"] = (bitpix, "array data type")
+        hdr["NAXIS"] = (2, "number of array dimensions")
+        hdr["NAXIS1"] = width
+        hdr["NAXIS2"] = height
+        hdr["EXTEND"] = True
+        full = _header(cards + [("DATE", _date_now(), "file write time (UTC)")])
+        for card in full.cards:
+            if card.keyword not in hdr:
+                hdr.append(card)
+        hdr["BSCALE"] = 1
+        hdr["BZERO"] = bzero
+        self._flip = dtype(bzero)
+        self._dtype = dtype
+        self._write(hdr.tostring().encode("ascii"))
+
+    def _write(self, data) -> None:
+        try:
+            self.f._fh.write(data)
+        except OSError as exc:
+            self.f.discard()
+            raise FitsWriteError(f"cannot write {self.f.tmp.name}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # file already discarded
+            raise FitsWriteError(f"cannot write {self.f.tmp.name}: {exc}") from None
+
+    def feed(self, rows: np.ndarray) -> None:
+        if self.left <= 0 or not len(rows):
+            return
+        src = rows.view("<u2" if self.bitpix == 16 else "<u4")  # (k, n), rows strided
+        if self.bitpix == 32 and self.hdrshift:
+            px = src >> self._dtype(self.hdrshift)
+            px ^= self._flip
+        else:
+            px = src ^ self._flip  # a new contiguous array
+        px = px.reshape(-1)[: self.left]
+        px.byteswap(inplace=True)
+        self._write(memoryview(px))
+        self.left -= len(px)
+        self.nbytes += px.nbytes
+
+    def finish(self) -> Path:
+        if self.left:
+            self.f.discard()
+            raise FitsWriteError(f"image short by {self.left} pixels")
+        pad = -self.nbytes % 2880
+        if pad:
+            self._write(bytes(pad))
+        return self.f.commit()

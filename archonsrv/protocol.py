@@ -183,6 +183,7 @@ class FetchDecoder:
         self._hdr = np.frombuffer(self.header, dtype=np.uint8)
         self.received = 0
         self.checked = 0  # complete blocks whose header has been verified
+        self.delivered = 0  # blocks handed out by take()
 
     @property
     def total(self) -> int:
@@ -222,6 +223,13 @@ class FetchDecoder:
         raise ProtocolError(
             f"bad FETCH block header {got!r} at block {block} (want {self.header!r})"
         )
+
+    def take(self) -> np.ndarray:
+        """Data parts (k, 1024) of the blocks verified since the last call."""
+        start, self.delivered = self.delivered, self.checked
+        if self._rows is None:
+            return np.empty((0, BLOCK), dtype=np.uint8)
+        return self._rows[start : self.checked, BLOCK_HEADER:]
 
     def payload(self, nbytes: int | None = None) -> np.ndarray:
         """The data bytes with every header removed (first ``nbytes`` of them)."""

@@ -110,6 +110,7 @@ class Camera:
         self.exptime: int | None = None
         self.longexposure: bool | None = None
         self.shutter_forced: str | None = None
+        self._shutter_written: str | None = None
         self.userkeys: dict[str, P.UserKey] = {}
         self.last_error = ""
         self.exposing = False
@@ -326,6 +327,7 @@ class Camera:
             self.mode = None
             self.geometry = None
             self.shutter_forced = None
+            self._shutter_written = None
         log.info("loaded %s (%d lines)%s", path, len(acf.lines), " timing only" if timing else "")
         self._set_mode("DEFAULT")
         return ""
@@ -881,6 +883,7 @@ class Camera:
             self._need_loaded()
             value = self.cfg.shutenable_enable if a == "enable" else self.cfg.shutenable_disable
             self._setp(self.cfg.shutenable_param, value)
+            self._shutter_written = value
             self.shutter_enabled = a == "enable"
         elif a in ("open", "close"):
             self._need_loaded()
@@ -1004,7 +1007,9 @@ class Camera:
             value = (
                 self.cfg.shutenable_enable if self.shutter_enabled else self.cfg.shutenable_disable
             )
-            self._setp(self.cfg.shutenable_param, value)
+            if self._shutter_written != value:  # written once per load and on change
+                self._setp(self.cfg.shutenable_param, value)
+                self._shutter_written = value
         fs = P.parse_frame(self.archon.command("FRAME"))
         newest = fs.newest()
         last = newest.frame if newest else 0
@@ -1289,7 +1294,11 @@ class Camera:
                 self.hdrshift,
                 self._cards(name, buf, start, keys),
             )
-            self._read_frame(buf, geom, sink=img.feed)
+            try:
+                self._read_frame(buf, geom, sink=img.feed)
+            except BaseException:
+                img.abort()
+                raise
             path = img.finish()
         except BaseException:
             f.discard()

@@ -11,6 +11,7 @@ stream can no longer be trusted) and the next command reconnects once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -62,6 +63,8 @@ class ArchonClient:
                     f"cannot connect to Archon at {host}:{port}: {exc.strerror or exc}"
                 ) from None
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with contextlib.suppress(OSError):  # room for FETCH data while we write it out
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
             self.sock = s
             self._buf.clear()
             self.wanted = True

@@ -15,6 +15,8 @@ import contextlib
 import errno
 import logging
 import os
+import queue
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -191,6 +193,9 @@ class StreamedImage:
         hdr["BSCALE"] = 1
         hdr["BZERO"] = bzero
         self._flip = dtype(bzero)
+        self._q: queue.Queue = queue.Queue(maxsize=1024)
+        self._worker: threading.Thread | None = None
+        self._error: BaseException | None = None
         self._dtype = dtype
         self._write(hdr.tostring().encode("ascii"))
 
@@ -203,8 +208,50 @@ class StreamedImage:
         except ValueError as exc:  # file already discarded
             raise FitsWriteError(f"cannot write {self.f.tmp.name}: {exc}") from None
 
+    # -- a writer thread converts and writes while the caller keeps receiving --
+    def _ensure_worker(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="fits-writer", daemon=True)
+            self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            rows = self._q.get()
+            if rows is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                self._convert_write(rows)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                self._error = exc
+
     def feed(self, rows: np.ndarray) -> None:
-        if self.left <= 0 or not len(rows):
+        """Queue the data parts of verified blocks (views stay valid until finish)."""
+        if self._error is not None:
+            raise self._error
+        if not len(rows):
+            return
+        self._ensure_worker()
+        self._q.put(rows)
+
+    def _join(self) -> None:
+        if self._worker is not None:
+            self._q.put(None)
+            self._worker.join()
+            self._worker = None
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        try:
+            self._join()
+        except BaseException:  # noqa: BLE001 - the file is discarded anyway
+            pass
+        self.f.discard()
+
+    def _convert_write(self, rows: np.ndarray) -> None:
+        if self.left <= 0:
             return
         src = rows.view("<u2" if self.bitpix == 16 else "<u4")  # (k, n), rows strided
         if self.bitpix == 32 and self.hdrshift:
@@ -219,6 +266,7 @@ class StreamedImage:
         self.nbytes += px.nbytes
 
     def finish(self) -> Path:
+        self._join()
         if self.left:
             self.f.discard()
             raise FitsWriteError(f"image short by {self.left} pixels")

@@ -217,6 +217,7 @@ class ArchonState:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._prebuilt: tuple | None = None
+        self._next: tuple | None = None
         self.fetch_lock = threading.Lock()  # one send of a prebuilt buffer at a time
         self._set_buffers(0)
 
@@ -366,6 +367,8 @@ class ArchonState:
             if n > len(self.buffers):
                 return False
             self.locked = n
+            if n == 0:
+                self._start_prebuild()
             return ""
         if text.startswith("FETCH"):
             return self._fetch(text)
@@ -487,9 +490,16 @@ class ArchonState:
             buf.frame = frame_no
             buf.timestamp = self.ticks()
             buf.complete = 1
-        # build the next frame while the client fetches this one
+        # the next frame is built once the client has unlocked this one (LOCK0),
+        # so that building it does not compete with the client's FETCH
+        self._next = (g, frame_no + 1)
+
+    def _start_prebuild(self) -> None:
+        nxt, self._next = self._next, None
+        if nxt is None:
+            return
         t = threading.Thread(
-            target=self._prebuild, args=(g, frame_no + 1), name="archonsim-prebuild", daemon=True
+            target=self._prebuild, args=nxt, name="archonsim-prebuild", daemon=True
         )
         t.start()
 

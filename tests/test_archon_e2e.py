@@ -306,7 +306,13 @@ def test_daemon_mode_with_lock_file(tmp_path):
         res = procs.run("archonsrv.cli", str(rig.cfgfile), "--lockfile", str(tmp_path / "cam.pid"))
         assert res.returncode == 0  # the parent returns once the daemon runs
         procs.wait_port(rig.nbport)
-        pid = int((tmp_path / "cam.pid").read_text().split()[0])
+        deadline = time.monotonic() + 10  # the lock is taken after the fork
+        while time.monotonic() < deadline:
+            text = (tmp_path / "cam.pid").read_text() if (tmp_path / "cam.pid").exists() else ""
+            if text.strip():
+                break
+            time.sleep(0.05)
+        pid = int(text.split()[0])
         assert rig.nb("echo daemon") == "daemon DONE"
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10

@@ -67,12 +67,9 @@ class Aborted(CommandError):
 
 def _int_arg(text: str, what: str, lo: int, hi: int) -> int:
     try:
-        v = int(text, 10)
-    except ValueError:
-        raise CommandError(f"{what} must be a whole number, got {text[:40]!r}") from None
-    if not lo <= v <= hi:
-        raise CommandError(f"{what} must be in {lo}..{hi}, got {v}")
-    return v
+        return P.bounded_int(text, what, lo, hi)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _float_arg(text: str, what: str, lo: float, hi: float) -> float:
@@ -1385,5 +1382,10 @@ class Camera:
 
     def shutdown(self) -> None:
         self.abort_event.set()
+        self.archon.abort()  # wakes a thread waiting for the controller
         self._stop_trigger()
-        self.archon.close()
+        if self.archon.lock.acquire(timeout=2.0):
+            try:
+                self.archon.close()
+            finally:
+                self.archon.lock.release()

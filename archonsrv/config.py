@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from archonsrv.protocol import bounded_int
 from common.config import ConfigError, KeyValueConfig, parse_bool, parse_keyvalue, read_keyvalue
 
 log = logging.getLogger(__name__)
@@ -133,12 +134,9 @@ KNOWN_KEYS = (
 
 def _int(key: str, value: str, lo: int, hi: int, where: str) -> int:
     try:
-        v = int(value, 10)
-    except ValueError:
-        raise ConfigError(f"{where}: {key} must be a whole number, got {value!r}") from None
-    if not lo <= v <= hi:
-        raise ConfigError(f"{where}: {key} must be in {lo}..{hi}, got {v}")
-    return v
+        return bounded_int(value, key, lo, hi)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def from_keyvalue(kv: KeyValueConfig) -> CameraConfig:

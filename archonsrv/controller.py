@@ -70,6 +70,14 @@ class ArchonClient:
             self.wanted = True
             log.info("connected to Archon at %s:%d", host, port)
 
+    def abort(self) -> None:
+        """Break the connection from any thread (shutdown), waking a blocked reader."""
+        self.wanted = False
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         with self.lock:
             self.wanted = False

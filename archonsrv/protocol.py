@@ -689,6 +689,17 @@ def native_async_lines(command: str, reply: str) -> list[str]:
     return [f"{word}:BEGIN", *(f"{word}:{t}" for t in reply.split()), f"{word}:END"]
 
 
+def bounded_int(text: str, what: str, lo: int, hi: int) -> int:
+    """A decimal integer in lo..hi, or ValueError with a message for the user."""
+    try:
+        v = int(text, 10)
+    except ValueError:
+        raise ValueError(f"{what} must be a whole number, got {text[:40]!r}") from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{what} must be in {lo}..{hi}, got {v}")
+    return v
+
+
 def parse_bool_word(text: str) -> bool | None:
     v = text.strip().lower()
     if v in ("true", "yes", "1", "on"):

@@ -16,6 +16,7 @@ fault and ``SIMTRIGGER`` acts as a pulse on the TRIGIN input.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import socket
 import sys
@@ -144,6 +145,8 @@ def build_wire(g: SimGeometry, seed: int, frame: int) -> tuple[np.ndarray, int]:
     return P.fetch_wire(data, P.blocks_for(len(data))), rawoffset
 
 
+_BUF_FIELDS = dataclasses.fields(P.BufferStatus)
+
 # ---------------------------------------------------------------------------
 # controller state
 # ---------------------------------------------------------------------------
@@ -160,19 +163,7 @@ class SimSettings:
 
 
 @dataclass
-class SimBuffer:
-    index: int
-    base: int
-    complete: int = 0
-    frame: int = 0
-    lines: int = 0
-    pixels: int = 0
-    timestamp: int = 0
-    width: int = 0
-    height: int = 0
-    sample: int = 0
-    mode: int = 0
-    rawoffset: int = 0
+class SimBuffer(P.BufferStatus):
     wire: np.ndarray | None = None  # the buffer as FETCH blocks (image, then raw)
 
 
@@ -230,7 +221,7 @@ class ArchonState:
 
     def _set_buffers(self, bigbuf: int) -> None:
         bases = (0xA0000000, 0xD0000000) if bigbuf == 1 else (0xA0000000, 0xC0000000, 0xE0000000)
-        self.buffers = [SimBuffer(i + 1, b) for i, b in enumerate(bases)]
+        self.buffers = [SimBuffer(i + 1, base=b) for i, b in enumerate(bases)]
         self.wbuf = 1
 
     def _values(self) -> dict[str, str]:
@@ -524,22 +515,7 @@ class ArchonState:
     def _frame(self) -> P.FrameStatus:
         fs = P.FrameStatus(timer=self.ticks(), rbuf=self.locked, wbuf=self.wbuf)
         for b in self.buffers:
-            fs.buffers.append(
-                P.BufferStatus(
-                    index=b.index,
-                    sample=b.sample,
-                    complete=b.complete,
-                    mode=b.mode,
-                    base=b.base,
-                    frame=b.frame,
-                    width=b.width,
-                    height=b.height,
-                    pixels=b.pixels,
-                    lines=b.lines,
-                    rawoffset=b.rawoffset,
-                    timestamp=b.timestamp,
-                )
-            )
+            fs.buffers.append(P.BufferStatus(**{f.name: getattr(b, f.name) for f in _BUF_FIELDS}))
         return fs
 
     def _system(self) -> str:

@@ -206,6 +206,7 @@ class ArchonState:
         self.count = 0
         self._exposing = threading.Event()
         self._stop = threading.Event()
+        self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self._prebuilt: tuple | None = None
         self._next: tuple | None = None
@@ -394,14 +395,18 @@ class ArchonState:
         if word in ("PREPPARAM", "FASTPREPPARAM"):
             return ""
         self.params[name] = value
-        if name == self.settings.expose_param and int(value, 0) > 0:
-            self._start_exposures()
+        if name == self.settings.expose_param:
+            if int(value, 0) > 0:
+                self._start_exposures()
+            else:
+                self._cancel.set()  # the timing script stops integrating (abort)
         return ""
 
     # -- exposures ---------------------------------------------------------
     def _start_exposures(self, trig: str | None = None) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
+        self._cancel.clear()
         self._thread = threading.Thread(
             target=self._expose_loop, args=(trig,), name="archonsim-expose", daemon=True
         )
@@ -434,11 +439,23 @@ class ArchonState:
                     self.params[name] = str(n - 1)
                     unit = 1.0 if self._param_int("longexposure") else 0.001
                     exptime_s = max(0, self._param_int("exptime")) * unit
-            if exptime_s and self._stop.wait(exptime_s):
+            if exptime_s and self._wait(exptime_s):
                 return
             self._readout()
             if trig is not None:
                 return  # one frame per TRIGIN pulse
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep; True when stopped or the exposure was cancelled meanwhile."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._stop.wait(min(left, 0.05)) or self._cancel.is_set():
+                with self.lock:
+                    self._log("exposure cancelled")
+                return True
 
     def _readout(self) -> None:
         with self.lock:

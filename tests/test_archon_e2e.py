@@ -326,3 +326,40 @@ def test_daemon_mode_with_lock_file(tmp_path):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         rig.stop()
+
+
+def test_abort_stops_a_running_exposure(rig):
+    import threading
+
+    loaded(rig)
+    assert rig.blk("exptime 3000") == "3000 DONE"
+    assert rig.blk("longerror true") == "true DONE"
+    before = rig.fits_files()
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("r", rig.blk("expose")))
+    t.start()
+    time.sleep(0.5)
+    assert rig.nb("abort") == "DONE"
+    t.join(10)
+    assert result["r"] == "ERROR exposure aborted"
+    assert rig.fits_files() == before
+    assert rig.blk("exptime 0") == "0 DONE"
+    assert rig.blk("longerror false") == "false DONE"
+
+
+def test_raw_mode(rig):
+    loaded(rig)
+    assert rig.blk("exptime 0") == "0 DONE"
+    assert rig.blk("mode RAW") == "ERROR"  # RAWENABLE=0 in the demo ACF
+    assert rig.blk("cds RAWENABLE 1") == "1 DONE"
+    assert rig.blk("expose") == "DONE"  # an image frame with raw data behind it
+    assert rig.blk("mode RAW") == "RAW DONE"
+    rig.listener.clear()
+    assert rig.blk("expose") == "DONE"  # reads the raw part of the newest buffer
+    path = rig.listener.wait_for("FILE:")[5:].split()[0]
+    with fits.open(path) as hdul:
+        h = hdul[0].header
+        assert (h["NAXIS1"], h["NAXIS2"], h["BITPIX"]) == (400, 64, 16)
+        expected = sim.synthetic_raw(400, 64, h["FRAMENUM"]).reshape(64, 400)
+        assert np.array_equal(hdul[0].data, expected)
+    assert rig.blk("load") == "DONE"  # back to the ACF as shipped

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         for srv in (echo, oneshot):
             threading.Thread(target=srv.serve_forever, daemon=True).start()
         # the simulated readout takes ~1 ms; camerad allows 5.5 s for it
-        rig = Rig(tmp, readout_ms=5000, sim_args=("--readout-time", "1"))
+        rig = Rig(tmp, readout_ms=5000, sim_readout_ms=1)
         rig.start(listen=False)
         try:
             for cmd in (

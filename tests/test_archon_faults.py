@@ -201,7 +201,7 @@ def test_archon_gone_and_back(tmp_path):
         reply = rig.blk("native STATUS")
         assert reply.startswith("ERROR")
         assert rig.cam.poll() is None
-        rig.sim = procs.start("archonsrv.sim", str(rig.cfgfile), stderr=rig.sim_log)
+        rig.sim = procs.start("archonsrv.sim", str(rig.cfgfile), *rig.sim_args, stderr=rig.sim_log)
         procs.wait_port(rig.sim_port, proc=rig.sim)
         assert rig.blk("open") == "DONE"
         assert rig.blk("load") == "DONE"

@@ -193,6 +193,7 @@ class StreamedImage:
         hdr["BSCALE"] = 1
         hdr["BZERO"] = bzero
         self._flip = dtype(bzero)
+        self._flip_swapped = dtype(0x80)  # bzero's top bit as seen through a swapped view
         self._q: queue.Queue = queue.Queue(maxsize=1024)
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -253,14 +254,17 @@ class StreamedImage:
     def _convert_write(self, rows: np.ndarray) -> None:
         if self.left <= 0:
             return
-        src = rows.view("<u2" if self.bitpix == 16 else "<u4")  # (k, n), rows strided
+        little = "<u2" if self.bitpix == 16 else "<u4"
+        src = rows.view(little)  # (k, n), rows strided
         if self.bitpix == 32 and self.hdrshift:
             px = src >> self._dtype(self.hdrshift)
             px ^= self._flip
+            px = px.reshape(-1)[: self.left]
+            px.byteswap(inplace=True)
         else:
-            px = src ^ self._flip  # a new contiguous array
-        px = px.reshape(-1)[: self.left]
-        px.byteswap(inplace=True)
+            # one pass to big-endian, then flip the sign bit (in the first byte)
+            px = src.astype(">u2" if self.bitpix == 16 else ">u4").reshape(-1)[: self.left]
+            px.view(little)[...] ^= self._flip_swapped
         self._write(memoryview(px))
         self.left -= len(px)
         self.nbytes += px.nbytes

@@ -193,20 +193,7 @@ class Rig:
     def blk(self, command: str | bytes, timeout: float = 30.0) -> str:
         """Send one line on the blocking port (one connection kept open)."""
         if self._blk is None:
-            deadline = time.monotonic() + 5.0
-            while True:
-                s = socket.create_connection(("127.0.0.1", self.blkport), timeout=timeout)
-                # a refused (limit) connection is closed by the server at once
-                s.settimeout(0.2)
-                try:
-                    if s.recv(1) == b"" and time.monotonic() < deadline:
-                        s.close()
-                        time.sleep(0.05)
-                        continue
-                except TimeoutError:
-                    pass
-                break
-            self._blk = s
+            self._blk = socket.create_connection(("127.0.0.1", self.blkport), timeout=timeout)
         data = command if isinstance(command, bytes) else command.encode() + b"\n"
         self._blk.settimeout(timeout)
         self._blk.sendall(data)

@@ -1,7 +1,7 @@
 """camerad's socket layer: blocking port, non-blocking port, async multicast.
 
-* BLKPORT: one client at a time (a second connection is accepted and closed
-  with a log line), kept open, telnet-friendly; one command at a time, and
+* BLKPORT: one client at a time (up to 7 more wait their turn, further ones
+  are closed with a log line), kept open, telnet-friendly; one command at a time, and
   lines that arrive while a command runs are discarded, as the original
   documents.
 * NBPORT: one command per connection, a thread each, the reply, then close;
@@ -32,6 +32,7 @@ log = logging.getLogger("camerad")
 
 NB_TIMEOUT = 3.0
 NB_MAX_CONNECTIONS = 64
+BLK_MAX_WAITING = 7
 
 
 class AsyncSender:
@@ -118,9 +119,23 @@ class BlockingHandler(socketserver.BaseRequestHandler):
     """BLKPORT: commands one at a time on a long-lived connection."""
 
     def handle(self) -> None:
+        peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        slot: threading.Semaphore = self.server.slot
+        waited = False
+        while not slot.acquire(timeout=0.25):
+            if not waited:
+                log.info("blocking port: %s waits for the current client to finish", peer)
+                waited = True
+            if self.server.stopping:
+                return
+        try:
+            self._serve(peer)
+        finally:
+            slot.release()
+
+    def _serve(self, peer: str) -> None:
         camera: Camera = self.server.camera
         sock: socket.socket = self.request
-        peer = f"{self.client_address[0]}:{self.client_address[1]}"
         log.info("blocking port: connection from %s", peer)
         frames = LineBuffer(max_line=P.MAX_COMMAND_LINE)
         while True:
@@ -235,9 +250,15 @@ class Camerad(runtime.Service):
 
     def bind(self):
         addr = self.cfg.bindaddr
+        # one client is served at a time; a few more wait their turn (as in the
+        # listen backlog of the original), beyond that they are refused
         self.blk = ThreadedTCPServer(
-            (addr, self.cfg.blkport), BlockingHandler, name="blocking port", max_connections=1
+            (addr, self.cfg.blkport),
+            BlockingHandler,
+            name="blocking port",
+            max_connections=BLK_MAX_WAITING + 1,
         )
+        self.blk.slot = threading.Semaphore(1)
         try:
             self.nb = ThreadedTCPServer(
                 (addr, self.cfg.nbport),

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from archonsrv.harness import Rig
+from common.sendsockcmd import send_command
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -103,12 +104,34 @@ def test_idle_nonblocking_connection_is_closed(rig):
     assert rig.nb("echo ok") == "ok DONE"
 
 
-def test_second_blocking_client_is_refused(rig):
+def test_second_blocking_client_waits_its_turn(rig):
     rig.blk("echo first")  # the rig's connection is open
     s = socket.create_connection(("127.0.0.1", rig.blkport), timeout=5)
-    assert s.recv(100) == b""
-    s.close()
+    s.sendall(b"echo second\n")
+    s.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        s.recv(100)  # not served while the first client is connected
     assert rig.blk("echo first still") == "first still DONE"
+    rig.close_blk()
+    s.settimeout(5)
+    assert s.recv(100) == b"second DONE\n"
+    s.close()
+    # sendsockcmd in quick succession on the blocking port (its default use)
+    for i in range(20):
+        status, reply, _ = send_command("127.0.0.1", rig.blkport, f"echo {i}", 5000)
+        assert (status, reply) == (0, f"{i} DONE\n".encode())
+    # a crowd beyond the waiting room is refused, not left hanging
+    crowd = [socket.create_connection(("127.0.0.1", rig.blkport), timeout=5) for _ in range(12)]
+    time.sleep(0.3)
+    closed = 0
+    for c in crowd:
+        c.settimeout(0.2)
+        try:
+            closed += c.recv(1) == b""
+        except TimeoutError:
+            pass
+        c.close()
+    assert closed >= 4
 
 
 def test_client_vanishing_mid_command(rig):

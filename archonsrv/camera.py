@@ -180,6 +180,10 @@ class Camera:
         if not self.loaded or self.acf is None:
             raise CommandError("no firmware loaded (use load)")
 
+    def _not_exposing(self, what: str) -> None:
+        if self.expose_lock.locked():
+            raise CommandError(f"cannot change {what} during an exposure")
+
     def _values(self) -> dict[str, str]:
         return dict(self.cfgmem)
 
@@ -338,6 +342,7 @@ class Camera:
                 raise CommandError("no mode selected")
             return self.mode
         self._need_loaded()
+        self._not_exposing("the mode")
         self._set_mode(args.strip().upper())
         return self.mode or ""
 
@@ -406,6 +411,7 @@ class Camera:
             if len(parts) != 2:
                 raise CommandError("usage: geometry [cols rows]")
             self._need_loaded()
+            self._not_exposing("the geometry")
             if self.geometry is None or self.mode in (None, "RAW"):
                 raise CommandError("geometry needs an image mode selected")
             g = self.geometry
@@ -845,6 +851,7 @@ class Camera:
             return vals[key]
         if key.startswith("PARAMETER") or "/" in key:
             raise CommandError(f"{key} is not a CDS key")
+        self._not_exposing(key)
         old = vals[key]
         self._write_key(key, parts[1], "APPLYCDS")
         if key in P.GEOMETRY_KEYS and self.mode and self.mode != "RAW":

@@ -339,6 +339,8 @@ def test_abort_stops_a_running_exposure(rig):
     t = threading.Thread(target=lambda: result.setdefault("r", rig.blk("expose")))
     t.start()
     time.sleep(0.5)
+    assert rig.nb("mode HDR").startswith("ERROR cannot change the mode during an exposure")
+    assert rig.nb("geometry 128 128").startswith("ERROR cannot change")
     assert rig.nb("abort") == "DONE"
     t.join(10)
     assert result["r"] == "ERROR exposure aborted"

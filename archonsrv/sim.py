@@ -404,7 +404,13 @@ class ArchonState:
 
     # -- exposures ---------------------------------------------------------
     def _start_exposures(self, trig: str | None = None) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        """Start the exposure thread (called with the lock held).
+
+        A running thread re-reads the parameter before each frame, so a new
+        request while it runs is never lost; it clears ``_thread`` under the
+        lock in the same step in which it decides to end.
+        """
+        if self._thread is not None:
             return
         self._cancel.clear()
         self._thread = threading.Thread(
@@ -427,23 +433,34 @@ class ArchonState:
             return 0
 
     def _expose_loop(self, trig: str | None) -> None:
-        while not self._stop.is_set():
+        me = threading.current_thread()
+        try:
+            while not self._stop.is_set():
+                with self.lock:
+                    name = trig if trig not in (None, "readout") else self.settings.expose_param
+                    if trig == "readout":
+                        exptime_s = 0.0
+                    else:
+                        n = self._param_int(name)
+                        if n <= 0:
+                            self._thread = None
+                            return
+                        self.params[name] = str(n - 1)
+                        unit = 1.0 if self._param_int("longexposure") else 0.001
+                        exptime_s = max(0, self._param_int("exptime")) * unit
+                if exptime_s and self._wait(exptime_s):
+                    with self.lock:
+                        self._cancel.clear()  # cancelled: look at the parameter again
+                    continue
+                self._readout()
+                if trig is not None:
+                    with self.lock:
+                        self._thread = None
+                    return  # one frame per TRIGIN pulse
+        finally:
             with self.lock:
-                name = trig if trig not in (None, "readout") else self.settings.expose_param
-                if trig == "readout":
-                    exptime_s = 0.0
-                else:
-                    n = self._param_int(name)
-                    if n <= 0:
-                        return
-                    self.params[name] = str(n - 1)
-                    unit = 1.0 if self._param_int("longexposure") else 0.001
-                    exptime_s = max(0, self._param_int("exptime")) * unit
-            if exptime_s and self._wait(exptime_s):
-                return
-            self._readout()
-            if trig is not None:
-                return  # one frame per TRIGIN pulse
+                if self._thread is me:
+                    self._thread = None
 
     def _wait(self, seconds: float) -> bool:
         """Sleep; True when stopped or the exposure was cancelled meanwhile."""
@@ -525,8 +542,9 @@ class ArchonState:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
+        t = self._thread
+        if t is not None:
+            t.join(2.0)
 
     # -- status replies ----------------------------------------------------
     def _frame(self) -> P.FrameStatus:

@@ -350,6 +350,7 @@ def test_abort_stops_a_running_exposure(rig):
 
 def test_raw_mode(rig):
     loaded(rig)
+    assert rig.blk("longerror true") == "true DONE"
     assert rig.blk("exptime 0") == "0 DONE"
     assert rig.blk("mode RAW").startswith("ERROR mode RAW needs RAWENABLE=1")
     assert rig.blk("cds RAWENABLE 1") == "1 DONE"

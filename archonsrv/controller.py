@@ -46,6 +46,9 @@ class ArchonClient:
         self.wanted = False  # opened by the user and not closed: reconnect on demand
         self._ref = 0
         self._buf = bytearray()
+        # receive buffer reused by every FETCH (its pages stay mapped); what a
+        # sink was given must be consumed before the next FETCH starts
+        self._fetchbuf: np.ndarray | None = None
 
     # -- connection --------------------------------------------------------
     @property
@@ -181,7 +184,8 @@ class ArchonClient:
         """FETCH ``blocks`` 1024-byte blocks; return the payload bytes.
 
         With ``sink``, each run of verified blocks is passed on as it
-        arrives (a (k, 1024) array) and nothing is returned.  If the sink
+        arrives (a (k, 1024) view of a buffer that the next FETCH reuses) and
+        nothing is returned; without, a copy of the payload is returned.  If the sink
         raises, the rest of the reply is still read (the stream stays in
         step) and the sink's exception is raised at the end.
         """
@@ -191,7 +195,11 @@ class ArchonClient:
             ref = self._next_ref()
             text = P.fetch_command(address, blocks)
             log.debug("archon> %s", text)
-            dec = P.FetchDecoder(ref, blocks)
+            need = blocks * P.BLOCK_WIRE
+            if self._fetchbuf is None or self._fetchbuf.size < need:
+                self._fetchbuf = None  # free the old one first
+                self._fetchbuf = np.empty(need, dtype=np.uint8)
+            dec = P.FetchDecoder(ref, blocks, self._fetchbuf)
             if self._buf:  # bytes read before this command cannot belong to its reply
                 log.warning("discarding %d stale bytes from the Archon", len(self._buf))
                 self._buf.clear()

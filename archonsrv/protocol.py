@@ -174,11 +174,15 @@ class FetchDecoder:
     headers are stripped per block (never by searching the data).
     """
 
-    def __init__(self, ref: int, blocks: int) -> None:
+    def __init__(self, ref: int, blocks: int, buffer: np.ndarray | None = None) -> None:
         self.ref = ref
         self.blocks = blocks
         self.header = b"<%02X:" % ref
-        self._buf = np.empty(blocks * BLOCK_WIRE, dtype=np.uint8)
+        need = blocks * BLOCK_WIRE
+        if buffer is not None and buffer.dtype == np.uint8 and buffer.size >= need:
+            self._buf = buffer.reshape(-1)[:need]  # reuse: no page faults while receiving
+        else:
+            self._buf = np.empty(need, dtype=np.uint8)
         self._rows = self._buf.reshape(blocks, BLOCK_WIRE) if blocks else None
         self._hdr = np.frombuffer(self.header, dtype=np.uint8)
         self.received = 0
@@ -237,7 +241,7 @@ class FetchDecoder:
             raise ProtocolError(f"FETCH incomplete: {self.checked} of {self.blocks} blocks")
         if not self.blocks:
             return np.empty(0, dtype=np.uint8)
-        data = np.ascontiguousarray(self._rows[:, BLOCK_HEADER:]).reshape(-1)
+        data = np.array(self._rows[:, BLOCK_HEADER:], copy=True).reshape(-1)  # never a view
         return data if nbytes is None else data[:nbytes]
 
 

@@ -120,7 +120,7 @@ def _oneshot_rate(port: int, seconds: float, command: bytes) -> float:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     quick = "--quick" in argv
-    frames = 2 if quick else 3
+    frames = 2 if quick else 5
     echo_n = 500 if quick else 2000
     rate_s = 1.0 if quick else 2.0
     ok = True

@@ -21,7 +21,7 @@ SPECSRV_HDW = [
 SPECSRV = ["specsrv = specsrv.cli:main", "spec-remote = specsrv.client:main"]
 
 # archonsrv
-ARCHONSRV: list[str] = []
+ARCHONSRV = ["camerad = archonsrv.cli:main", "archonsim = archonsrv.sim:main"]
 
 # mrt
 MRT = [

@@ -95,6 +95,17 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type for a number greater than 0 (seconds, rates)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text}")
+    return value
+
+
 def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """argparse type for ``ADDR[/BITS]`` (spec's ``-A`` and our allow-lists)."""
     try:

@@ -334,7 +334,7 @@ def decode_command(hw: Hardware, record: bytes) -> Command:
 
 
 def command_error(hw: Hardware, record: bytes) -> str | None:
-    """Why ``record`` (hardware byte order) is not a plausible command, or None.
+    """Why ``record`` (big-endian wire order) is not a plausible command, or None.
 
     Only mar345 commands are checked (command code 0..15); the dtb command
     codes are not public, so dtb records are always accepted.
@@ -390,14 +390,12 @@ class CommandFramer:
     :meth:`feed` returns ``(records, rejected)``: whole records to forward and
     a list of ``(reason, nbytes)`` for records that were dropped.  After a
     rejected mar345 record the framer resynchronises on the next ``IPS\\0``
-    id.  ``swap`` says the client's integers are byte-swapped relative to the
-    hardware (``--swap``): records are validated after swapping and returned
-    in hardware order.
+    id.  Clients speak the big-endian wire order; ``--swap`` is applied to
+    the records afterwards, on their way to the hardware.
     """
 
-    def __init__(self, hw: Hardware, swap: bool = False) -> None:
+    def __init__(self, hw: Hardware) -> None:
         self.hw = hw
-        self.swap = swap
         self.size = hw.record_size(Port.COMM)
         self._buf = bytearray()
         self._resync = False
@@ -428,8 +426,6 @@ class CommandFramer:
                 break
             rec = bytes(self._buf[:size])
             del self._buf[:size]
-            if self.swap:
-                rec = swap_records(self.hw, Port.COMM, rec)
             why = command_error(self.hw, rec)
             if why is None:
                 out.append(rec)

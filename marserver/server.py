@@ -263,7 +263,7 @@ class HardwareLink:
 
     # -- commands ----------------------------------------------------------
     def send_command(self, record: bytes, peer: str) -> bool:
-        """Write one whole command record (hardware byte order) to the hardware."""
+        """Write one whole command record (client = big-endian order) to the hardware."""
         summary = None
         if log.isEnabledFor(logging.DEBUG):
             try:
@@ -281,7 +281,7 @@ class HardwareLink:
                 )
                 return False
             try:
-                sock.sendall(record)
+                sock.sendall(P.swap_records(self.hw, P.Port.COMM, record) if self.swap else record)
             except OSError as exc:
                 self.dropped_commands += 1
                 log.warning("COMMAND: command from %s not sent (%s); dropped", peer, exc)
@@ -527,7 +527,7 @@ class CommandHandler(_ClientHandler):
     def handle(self) -> None:
         port = self.server
         link = port.link
-        framer = P.CommandFramer(link.hw, swap=link.swap)
+        framer = P.CommandFramer(link.hw)
         log.info("%s: client %s connected (%d clients)", port.label, self.peer, port.client_count())
         bad_lines = 0
         bad_bytes = 0

@@ -72,13 +72,12 @@ def test_record_framer_yields_whole_records_in_any_split(size, nrec, tail, point
         st.tuples(st.integers(0, 15), I32, st.lists(I32, min_size=8, max_size=8)), max_size=8
     ),
     points=st.lists(st.integers(0, 10**5), max_size=12),
-    swap=st.booleans(),
 )
-def test_command_framer_passes_valid_commands_whole(hw, cmds, points, swap):
+def test_command_framer_passes_valid_commands_whole(hw, cmds, points):
     n = hw.n_params - 2
     recs = [P.encode_command(hw, P.Command(c, m, tuple(p[:n]), b"x")) for c, m, p in cmds]
-    wire = b"".join(P.swap_records(hw, P.Port.COMM, r) if swap else r for r in recs)
-    fr = P.CommandFramer(hw, swap=swap)
+    wire = b"".join(recs)
+    fr = P.CommandFramer(hw)
     out = []
     for piece in cuts(wire, points):
         got, bad = fr.feed(piece)

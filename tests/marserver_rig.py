@@ -1,0 +1,209 @@
+"""Test rig for marserver: real processes, a scriptable fake hardware, clients."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+from common import procs
+from marserver import protocol as P
+
+HOST = procs.LOOPBACK
+
+
+def wait_for(pred, timeout: float = 10.0, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
+def connect(port: int, rcvbuf: int | None = None, timeout: float = 5.0) -> socket.socket:
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect((HOST, port))
+    return s
+
+
+def recv_for(sock: socket.socket, seconds: float, limit: int = 64 << 20) -> bytes:
+    """Everything that arrives within ``seconds`` (bounded)."""
+    buf = bytearray()
+    deadline = time.monotonic() + seconds
+    while len(buf) < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(1 << 20)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_exact(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:
+    buf = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"got {len(buf)} of {n} bytes")
+        sock.settimeout(left)
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"EOF after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def is_closed(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """True if the peer closed (EOF or reset) within ``timeout``; drains data."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            if not sock.recv(1 << 20):
+                return True
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+    return False
+
+
+def counters(hw: P.Hardware, data: bytes) -> list[int]:
+    size = hw.record_size(P.Port.STAT)
+    assert len(data) % size == 0, f"{len(data)} bytes is not whole STATUS records"
+    return [P.status_counter(hw, r) for r in P.split_records(data, size)]
+
+
+class FakeHardware:
+    """Four listening ports that act like the controller, scripted by the test.
+
+    ``conn[port]`` is the newest connection (a new one closes the previous,
+    as the hardware does); ``commands`` collects the bytes on the COMMAND port.
+    """
+
+    def __init__(self, base: int | None = None) -> None:
+        self.base = base or procs.free_port_block(4)
+        self.listeners = []
+        for port in P.ALL_PORTS:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((HOST, self.base + port))
+            s.listen(8)
+            s.settimeout(0.2)
+            self.listeners.append(s)
+        self.conn: dict[P.Port, socket.socket | None] = dict.fromkeys(P.ALL_PORTS)
+        self.accepted = dict.fromkeys(P.ALL_PORTS, 0)
+        self.commands = bytearray()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._accept, args=(p,), daemon=True) for p in P.ALL_PORTS
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _accept(self, port: P.Port) -> None:
+        lst = self.listeners[port]
+        while not self._stop.is_set():
+            try:
+                c, _ = lst.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                old, self.conn[port] = self.conn[port], c
+                self.accepted[port] += 1
+            if old is not None:
+                old.close()
+            if port is P.Port.COMM:
+                threading.Thread(target=self._read_commands, args=(c,), daemon=True).start()
+
+    def _read_commands(self, c: socket.socket) -> None:
+        c.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                data = c.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            with self._lock:
+                self.commands += data
+
+    def connected(self, ports=P.ALL_PORTS, generation: int = 1) -> bool:
+        return all(self.conn[p] is not None and self.accepted[p] >= generation for p in ports)
+
+    def send(self, port: P.Port, data: bytes) -> None:
+        self.conn[port].sendall(data)
+
+    def drop_all(self) -> None:
+        with self._lock:
+            conns = [c for c in self.conn.values() if c is not None]
+            self.conn = dict.fromkeys(P.ALL_PORTS)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        for s in self.listeners:
+            s.close()
+        self.drop_all()
+        for t in self._threads:
+            t.join(1.0)
+
+
+class Relay:
+    """A marserver process between ``hw_base`` and clients on free ports."""
+
+    def __init__(self, spawn, hw_base: int, *args: str, hardware: str = "-mar", log: Path):
+        self.cbase = procs.free_port_block(4)
+        self.add = self.cbase - hw_base
+        self.log = log
+        self.logf = open(log, "wb")  # noqa: SIM115 - closed by the test's tmp_path cleanup
+        self.proc = spawn(
+            "marserver",
+            hardware,
+            HOST,
+            str(hw_base),
+            "-a",
+            str(self.add),
+            "--listen",
+            HOST,
+            "--backoff",
+            "0.5",
+            "-v",
+            *args,
+            stderr=self.logf,
+        )
+
+    def port(self, p: P.Port) -> int:
+        return self.cbase + int(p)
+
+    def wait_listening(self, p: P.Port = P.Port.STAT) -> None:
+        procs.wait_port(self.port(p), proc=self.proc)
+
+    def text(self) -> str:
+        self.logf.flush()
+        return self.log.read_text(errors="replace")
+
+    def wait_log(self, needle: str, timeout: float = 10.0, count: int = 1) -> bool:
+        return wait_for(lambda: self.text().count(needle) >= count, timeout)

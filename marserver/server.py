@@ -49,6 +49,7 @@ KICK_LIMIT = 3  # hardware-side closes ...
 KICK_WINDOW = 60.0  # ... within this many seconds mean somebody else is connected
 KICK_SHORT = 30.0  # a connection that lived less than this and then got EOF counts as a kick
 BAD_COMMAND_LOG_LINES = 3
+STALL_WAIT = 1.0  # longest pause of the hardware reader when every client is behind
 
 
 def set_keepalive(sock: socket.socket, idle: int = 10, interval: int = 5, count: int = 3) -> None:
@@ -89,15 +90,25 @@ def _quiet_shutdown(sock: socket.socket) -> None:
 
 
 class ClientOutput:
-    """A client's bounded outgoing queue and the writer thread that drains it."""
+    """A client's bounded outgoing queue and the writer thread that drains it.
 
-    def __init__(self, sock: socket.socket, peer: str, label: str, limit: int) -> None:
+    While the queue is empty and nothing is being sent, :meth:`offer` tries a
+    non-blocking send straight away (no thread hand-off, lowest latency); what
+    the kernel does not take is queued for the writer thread, which is the
+    only one to block on this client.
+    """
+
+    def __init__(
+        self, sock: socket.socket, peer: str, label: str, limit: int, on_progress=None
+    ) -> None:
         self.sock = sock
         self.peer = peer
         self.label = label
         self.limit = limit
+        self.on_progress = on_progress
         self._queue: collections.deque[bytes] = collections.deque()
         self._queued = 0
+        self._busy = False  # a send (fast path or writer) is in progress
         self._cond = threading.Condition()
         self.closed = False
         self.reason = ""
@@ -107,29 +118,51 @@ class ClientOutput:
     def start(self) -> None:
         self.thread.start()
 
+    @property
+    def backlog(self) -> int:
+        """Bytes waiting (read without the lock: a hint for flow control)."""
+        return self._queued
+
     def offer(self, chunk: bytes) -> bool:
         """Queue whole records without blocking; False if the client is (now) gone."""
         with self._cond:
             if self.closed:
                 return False
-            if self._queued + len(chunk) > self.limit:
-                self._close_locked(f"fell behind by more than {self.limit} bytes")
-                log.warning(
-                    "%s: disconnecting slow client %s: %d bytes queued, limit %d",
-                    self.label,
-                    self.peer,
-                    self._queued,
-                    self.limit,
-                )
-                return False
-            self._queue.append(chunk)
-            self._queued += len(chunk)
+            if self._queue or self._busy:
+                if self._queued + len(chunk) > self.limit:
+                    queued = self._queued
+                    self._close_locked(f"fell behind by more than {self.limit} bytes")
+                    log.warning(
+                        "%s: disconnecting slow client %s: %d bytes queued, limit %d",
+                        self.label,
+                        self.peer,
+                        queued,
+                        self.limit,
+                    )
+                    return False
+                self._queue.append(chunk)
+                self._queued += len(chunk)
+                self._cond.notify()
+                return True
+            self._busy = True
+        try:
+            n = self.sock.send(chunk, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            with self._cond:
+                self._busy = False
+                self._close_locked(f"send failed: {exc.strerror or exc}")
+            return False
+        with self._cond:
+            self._busy = False
+            self.sent += n
+            if n < len(chunk) and not self.closed:
+                rest = chunk[n:]
+                self._queue.appendleft(rest)
+                self._queued += len(rest)
             self._cond.notify()
         return True
-
-    def queued(self) -> int:
-        with self._cond:
-            return self._queued
 
     def close(self, reason: str = "closed") -> None:
         with self._cond:
@@ -146,7 +179,7 @@ class ClientOutput:
 
     def _take(self) -> bytes | None:
         with self._cond:
-            while not self._queue and not self.closed:
+            while (not self._queue or self._busy) and not self.closed:
                 self._cond.wait()
             if self.closed:
                 return None
@@ -158,6 +191,7 @@ class ClientOutput:
                 parts.append(nxt)
                 size += len(nxt)
             self._queued -= size
+            self._busy = True
         return first if len(parts) == 1 else b"".join(parts)
 
     def _run(self) -> None:
@@ -168,21 +202,43 @@ class ClientOutput:
             try:
                 self.sock.sendall(data)
             except OSError as exc:
-                self.close(f"send failed: {exc}")
+                with self._cond:
+                    self._busy = False
+                    self._close_locked(f"send failed: {exc.strerror or exc}")
                 return
-            self.sent += len(data)
+            with self._cond:
+                self._busy = False
+                self.sent += len(data)
+                if self._queue:
+                    self._cond.notify()
+            if self.on_progress is not None:
+                self.on_progress()
 
 
 class Fanout:
-    """Every client of one hardware -> client port, and the records for them."""
+    """Every client of one hardware -> client port, and the records for them.
 
-    def __init__(self, label: str) -> None:
+    Flow control follows the *fastest* client: when every client has more
+    than ``high_water`` bytes waiting, :meth:`publish` waits (at most
+    ``STALL_WAIT`` seconds) until one of them has drained, so a hardware that
+    sends faster than any client can read is slowed to the pace of the best
+    reader instead of getting all clients dropped.  A client stalled on its
+    own never holds anyone up: the others are below the mark, and it is
+    dropped when its backlog passes the limit.
+    """
+
+    def __init__(self, label: str, high_water: int = 0) -> None:
         self.label = label
+        self.high_water = high_water
         self._lock = threading.Lock()
         self._clients: tuple[ClientOutput, ...] = ()
+        self._space = threading.Condition()
+        self._waiting = False
         self.records = 0
+        self.waits = 0
 
     def add(self, out: ClientOutput) -> int:
+        out.on_progress = self._wake
         with self._lock:
             self._clients = self._clients + (out,)
             return len(self._clients)
@@ -190,13 +246,35 @@ class Fanout:
     def remove(self, out: ClientOutput) -> int:
         with self._lock:
             self._clients = tuple(c for c in self._clients if c is not out)
-            return len(self._clients)
+            n = len(self._clients)
+        self._wake()
+        return n
 
     def clients(self) -> tuple[ClientOutput, ...]:
         return self._clients
 
+    def _wake(self) -> None:
+        if self._waiting:
+            with self._space:
+                self._space.notify_all()
+
+    def _all_behind(self) -> bool:
+        clients = self._clients
+        return bool(clients) and min(c.backlog for c in clients) > self.high_water
+
     def publish(self, chunk: bytes) -> None:
-        """Hand whole records to every client; never blocks on a client."""
+        """Hand whole records to every client; never blocks on one client."""
+        if self.high_water and self._all_behind():
+            self.waits += 1
+            deadline = time.monotonic() + STALL_WAIT
+            with self._space:
+                self._waiting = True
+                while self._all_behind():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._space.wait(min(left, 0.005))
+                self._waiting = False
         for c in self._clients:
             c.offer(chunk)
 
@@ -219,8 +297,10 @@ class HardwareLink:
         swap: bool = False,
         backoff_min: float = BACKOFF_MIN,
         backoff_max: float = DEFAULT_BACKOFF_MAX,
+        recv_size: int = RECV_SIZE,
     ) -> None:
         self.hw = hw
+        self.recv_size = recv_size
         self.host = host
         self.base = base
         self.ports = sorted(ports)
@@ -425,7 +505,7 @@ class HardwareLink:
         try:
             while True:
                 try:
-                    data = sock.recv(RECV_SIZE)
+                    data = sock.recv(max(size, self.recv_size))
                 except OSError as exc:
                     self._set_lost(f"{port.label} port: {exc.strerror or exc}", "error")
                     return
@@ -633,10 +713,14 @@ class MarServer(runtime.Service):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         s = settings
-        self.fanouts = {p: Fanout(p.label) for p in s.ports if p is not P.Port.COMM}
         # a record must always fit, however small the bound
         biggest = max(s.hw.record_size(p) for p in s.ports)
         self.queue_limit = max(s.queue_limit, 2 * biggest)
+        self.fanouts = {
+            p: Fanout(p.label, high_water=self.queue_limit // 2)
+            for p in s.ports
+            if p is not P.Port.COMM
+        }
         self.link = HardwareLink(
             s.hw,
             s.host,
@@ -645,6 +729,7 @@ class MarServer(runtime.Service):
             self.fanouts,
             swap=s.swap,
             backoff_max=s.backoff_max,
+            recv_size=min(RECV_SIZE, self.queue_limit // 4),
         )
         self.servers: list[ClientPort] = []
 

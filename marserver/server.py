@@ -161,7 +161,8 @@ class ClientOutput:
                 rest = chunk[n:]
                 self._queue.appendleft(rest)
                 self._queued += len(rest)
-            self._cond.notify()
+            if self._queue:  # records queued meanwhile or a remainder: wake the writer
+                self._cond.notify()
         return True
 
     def close(self, reason: str = "closed") -> None:

@@ -31,18 +31,11 @@ import time
 
 from common import procs
 from marserver import protocol as P
+from marserver.client import connect
 
 HW = P.MAR345
 HOST = procs.LOOPBACK
 N_CLIENTS = 10
-
-
-def _connect(port: int, rcvbuf: int | None = None) -> socket.socket:
-    s = socket.socket()
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.connect((HOST, port))
-    return s
 
 
 def _drain(sock: socket.socket, seconds: float, out: list, idx: int) -> None:
@@ -115,12 +108,12 @@ def bench_fanout(seconds: float) -> None:
     base = procs.free_port_block(4)
     sim = _sim(base, "--blast", "-r", "1")
     try:
-        direct = _connect(base + 2)
+        direct = connect(base + 2)
         raw = _throughput([direct], seconds)[0]
         direct.close()
         relay = _Relay(base, "-d", wait=P.Port.DATA)
         try:
-            clients = [_connect(relay.cbase + 2) for _ in range(N_CLIENTS)]
+            clients = [connect(relay.cbase + 2) for _ in range(N_CLIENTS)]
             rates = _throughput(clients, seconds)
             agg = sum(rates)
             per = agg / N_CLIENTS
@@ -133,8 +126,8 @@ def bench_fanout(seconds: float) -> None:
             for c in clients:
                 c.close()
             time.sleep(0.3)
-            stalled = _connect(relay.cbase + 2, rcvbuf=4096)
-            others = [_connect(relay.cbase + 2) for _ in range(N_CLIENTS - 1)]
+            stalled = connect(relay.cbase + 2, rcvbuf=4096)
+            others = [connect(relay.cbase + 2) for _ in range(N_CLIENTS - 1)]
             rates2 = _throughput(others, seconds)
             per2 = sum(rates2) / len(rates2)
             stalled.settimeout(2)
@@ -198,14 +191,14 @@ def bench_status_latency(seconds: float) -> None:
     base = procs.free_port_block(4)
     sim = _sim(base, "-r", "200")
     try:
-        direct = _connect(base + 1)
+        direct = connect(base + 1)
         direct.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         base_lat = _latencies([direct], seconds)
         direct.close()
         relay = _Relay(base, "-s", wait=P.Port.STAT)
         try:
             time.sleep(0.3)
-            clients = [_connect(relay.cbase + 1) for _ in range(N_CLIENTS)]
+            clients = [connect(relay.cbase + 1) for _ in range(N_CLIENTS)]
             lat = _latencies(clients, seconds)
             for c in clients:
                 c.close()
@@ -245,7 +238,7 @@ def bench_command_latency(n: int = 500) -> None:
             out.append((time.perf_counter() - t0) * 1e3)
         return sorted(out)
 
-    direct = _connect(base)
+    direct = connect(base)
     direct.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     hw, _ = lst.accept()
     base_lat = measure(direct, hw)
@@ -255,7 +248,7 @@ def bench_command_latency(n: int = 500) -> None:
     try:
         lst.settimeout(10)
         hw, _ = lst.accept()
-        client = _connect(relay.cbase)
+        client = connect(relay.cbase)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         lat = measure(client, hw)
         client.close()
@@ -281,7 +274,7 @@ def bench_reconnect(backoff: float = 1.0) -> None:
     sim2 = None
     try:
         time.sleep(0.3)
-        clients = [_connect(relay.cbase + 1) for _ in range(N_CLIENTS)]
+        clients = [connect(relay.cbase + 1) for _ in range(N_CLIENTS)]
         for c in clients:
             c.settimeout(5)
             c.recv(404)

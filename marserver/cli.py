@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from common import cli, runtime
@@ -18,6 +19,25 @@ COMMAND port number (the other three follow it), default 4451 (dtb) or
 4441 (mar345)."""
 
 
+# -d is DATA and -s STATUS, so the runtime options have long names only
+RUNTIME_FLAGS = cli.RuntimeFlags(
+    daemon=("--daemon",), kill=("--kill",), lockfile=("--lockfile",), logfile=("--logfile",)
+)
+
+
+def add_hardware_args(
+    p: argparse.ArgumentParser, default: str, *, dtb_help: str, mar_help: str
+) -> None:
+    """``-dtb/--base`` and ``-mar/--scanner`` (dest ``hardware``), in the
+    order of the program's own page: the default first."""
+    group = p.add_mutually_exclusive_group()
+    spellings = {"dtb": (("-dtb", "--base"), dtb_help), "mar345": (("-mar", "--scanner"), mar_help)}
+    for name in sorted(spellings, key=lambda n: n != default):
+        flags, text = spellings[name]
+        group.add_argument(*flags, dest="hardware", action="store_const", const=name, help=text)
+    p.set_defaults(hardware=default)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = cli.make_parser("marserver", DESCRIPTION)
     p.add_argument("hostname", nargs="?", default="localhost", help="hardware host (localhost)")
@@ -29,24 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="debugging flag; > 0 logs every record relayed (default 0)",
     )
-    hw = p.add_mutually_exclusive_group()
-    hw.add_argument(
-        "-dtb",
-        "--base",
-        dest="hardware",
-        action="store_const",
-        const="dtb",
-        help="the hardware is a mar desktop beamline (default)",
+    add_hardware_args(
+        p,
+        "dtb",
+        dtb_help="the hardware is a mar desktop beamline (default)",
+        mar_help="the hardware is a mar345 scanner",
     )
-    hw.add_argument(
-        "-mar",
-        "--scanner",
-        dest="hardware",
-        action="store_const",
-        const="mar345",
-        help="the hardware is a mar345 scanner",
-    )
-    p.set_defaults(hardware="dtb")
     p.add_argument(
         "-port",
         dest="port_spec",
@@ -121,14 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cli.add_runtime_args(
         p,
-        cli.RuntimeFlags(
-            daemon=("--daemon",),
-            kill=("--kill",),
-            lockfile=("--lockfile",),
-            logfile=("--logfile",),
-            verbose=("-v", "--verbose"),
-            allow=("-A", "--allow"),
-        ),
+        dataclasses.replace(RUNTIME_FLAGS, allow=("-A", "--allow")),
         default_lockfile=None,
         default_logfile="/tmp/marserver.log",
     )

@@ -17,49 +17,20 @@ from pathlib import Path
 from common import procs
 
 from . import protocol as P
+from .client import connect, recv_exact, recv_for, whole
 
 HW = P.MAR345
 
 
 def _connect(port: int) -> socket.socket:
-    s = socket.create_connection((procs.LOOPBACK, port), timeout=5)
-    return s
-
-
-def _recv_for(sock: socket.socket, seconds: float) -> bytes:
-    buf = bytearray()
-    deadline = time.monotonic() + seconds
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return bytes(buf)
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(1 << 20)
-        except TimeoutError:
-            return bytes(buf)
-        if not chunk:
-            return bytes(buf)
-        buf += chunk
+    return connect(port, procs.LOOPBACK)
 
 
 def _recv_exact(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:
-    buf = bytearray()
-    deadline = time.monotonic() + timeout
-    while len(buf) < n and time.monotonic() < deadline:
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            chunk = sock.recv(n - len(buf))
-        except TimeoutError:
-            break
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
-
-
-def _whole(data: bytes, size: int) -> list[bytes]:
-    return P.split_records(data[: len(data) - len(data) % size], size)
+    try:
+        return recv_exact(sock, n, timeout)
+    except (TimeoutError, ConnectionError):
+        return b""
 
 
 def _wait_log(path: Path, needle: str, count: int = 1, timeout: float = 10.0) -> bool:
@@ -121,8 +92,8 @@ def run(report) -> None:
         report.step("3 status monitors, 2 message loggers, 2 data readers, 2 command clients")
         _wait_log(logpath, "clients)", count=9 + 1)
 
-        data = [_recv_for(m, 1.0) for m in monitors]
-        counts = [[P.status_counter(HW, r) for r in _whole(d, 404)] for d in data]
+        data = [recv_for(m, 1.0) for m in monitors]
+        counts = [[P.status_counter(HW, r) for r in whole(d, 404)] for d in data]
         common = set(counts[0]) & set(counts[1]) & set(counts[2])
         report.check(
             "every monitor gets the same STATUS records, in step",
@@ -136,7 +107,7 @@ def run(report) -> None:
 
         setread(collect, 97)
         setread(second, 278)
-        msgs = [[P.decode_message(r) for r in _whole(_recv_for(g, 1.0), 84)] for g in loggers]
+        msgs = [[P.decode_message(r) for r in whole(recv_for(g, 1.0), 84)] for g in loggers]
         params = {P.parse_setparam(P.encode_message(m)) for m in msgs[0]} - {None}
         report.step(f"SET READ 97 and 278 from two command clients -> {sorted(params)}")
         report.check(
@@ -146,7 +117,7 @@ def run(report) -> None:
 
         collect.sendall(P.encode_command(HW, P.Command(P.Cmd.SCAN, 1)))
         blocks = [_recv_exact(r, 16 * 16386) for r in readers]
-        nums = [P.data_block_number(b) for b in _whole(blocks[0], 16386)]
+        nums = [P.data_block_number(b) for b in whole(blocks[0], 16386)]
         report.check(
             "SCAN: both data readers get the same 16 DATA blocks, numbered 1..16",
             blocks[0] == blocks[1] and nums == list(range(1, 17)),
@@ -162,7 +133,7 @@ def run(report) -> None:
         reached = False
         deadline = time.monotonic() + 5
         while not reached and time.monotonic() < deadline:
-            for r in _whole(_recv_exact(mon, 404 * 4), 404):
+            for r in whole(_recv_exact(mon, 404 * 4), 404):
                 s = P.decode_status(HW, r)
                 reached |= s.word(wa) == s.word(wt) == 800
         report.check("MOVE OMEGA 800: a monitor joining mid-stream sees the motor arrive", reached)
@@ -181,7 +152,7 @@ def run(report) -> None:
             _wait_log(logpath, "hardware not connected, command from"),
         )
         for m in monitors:
-            _recv_for(m, 0.2)
+            recv_for(m, 0.2)
         simproc = sim()
         report.step("... and switched on again")
         again = [_recv_exact(m, 404 * 3) for m in monitors]

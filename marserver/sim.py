@@ -29,6 +29,7 @@ from common import cli, runtime
 from common.server import ThreadedTCPServer
 
 from . import protocol as P
+from .cli import RUNTIME_FLAGS, add_hardware_args
 from .server import set_send_timeout
 
 log = logging.getLogger("marsim")
@@ -404,24 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
         "marsim",
         "Simulate mar345 or mardtb hardware on four TCP ports (COMMAND, STATUS, DATA, MESSAGE).",
     )
-    hw = p.add_mutually_exclusive_group()
-    hw.add_argument(
-        "-mar",
-        "--scanner",
-        dest="hardware",
-        action="store_const",
-        const="mar345",
-        help="simulate a mar345 scanner, ports 4441-4444 (default)",
+    add_hardware_args(
+        p,
+        "mar345",
+        dtb_help="simulate a desktop beamline, ports 4451-4454",
+        mar_help="simulate a mar345 scanner, ports 4441-4444 (default)",
     )
-    hw.add_argument(
-        "-dtb",
-        "--base",
-        dest="hardware",
-        action="store_const",
-        const="dtb",
-        help="simulate a desktop beamline, ports 4451-4454",
-    )
-    p.set_defaults(hardware="mar345")
     p.add_argument(
         "-p", "--port", type=cli.port_number, help="first (COMMAND) port; default 4441 or 4451"
     )
@@ -451,13 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cli.add_runtime_args(
         p,
-        cli.RuntimeFlags(
-            daemon=("--daemon",),
-            kill=("--kill",),
-            lockfile=("--lockfile",),
-            logfile=("--logfile",),
-            verbose=("-v", "--verbose"),
-        ),
+        RUNTIME_FLAGS,
         default_logfile="/tmp/marsim.log",
     )
     return p

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from common import procs
 from marserver import protocol as P
+from marserver.client import connect, recv_exact, recv_for  # noqa: F401 - re-exported
 
 HOST = procs.LOOPBACK
 
@@ -20,49 +21,6 @@ def wait_for(pred, timeout: float = 10.0, step: float = 0.05) -> bool:
             return True
         time.sleep(step)
     return bool(pred())
-
-
-def connect(port: int, rcvbuf: int | None = None, timeout: float = 5.0) -> socket.socket:
-    s = socket.socket()
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.settimeout(timeout)
-    s.connect((HOST, port))
-    return s
-
-
-def recv_for(sock: socket.socket, seconds: float, limit: int = 64 << 20) -> bytes:
-    """Everything that arrives within ``seconds`` (bounded)."""
-    buf = bytearray()
-    deadline = time.monotonic() + seconds
-    while len(buf) < limit:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(1 << 20)
-        except TimeoutError:
-            break
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
-
-
-def recv_exact(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:
-    buf = bytearray()
-    deadline = time.monotonic() + timeout
-    while len(buf) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError(f"got {len(buf)} of {n} bytes")
-        sock.settimeout(left)
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"EOF after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
 
 
 def is_closed(sock: socket.socket, timeout: float = 5.0) -> bool:

@@ -221,7 +221,8 @@ class Fanout:
 
     Flow control follows the *fastest* client: when every client has more
     than ``high_water`` bytes waiting, :meth:`publish` waits (at most
-    ``STALL_WAIT`` seconds) until one of them has drained, so a hardware that
+    ``STALL_WAIT`` seconds, and not again until some client has made
+    progress) until one of them has drained, so a hardware that
     sends faster than any client can read is slowed to the pace of the best
     reader instead of getting all clients dropped.  A client stalled on its
     own never holds anyone up: the others are below the mark, and it is
@@ -235,6 +236,7 @@ class Fanout:
         self._clients: tuple[ClientOutput, ...] = ()
         self._space = threading.Condition()
         self._waiting = False
+        self._gave_up = False
         self.records = 0
         self.waits = 0
 
@@ -255,17 +257,18 @@ class Fanout:
         return self._clients
 
     def _wake(self) -> None:
+        self._gave_up = False
         if self._waiting:
             with self._space:
                 self._space.notify_all()
 
     def _all_behind(self) -> bool:
-        clients = self._clients
-        return bool(clients) and min(c.backlog for c in clients) > self.high_water
+        backlogs = [c.backlog for c in self._clients if not c.closed]
+        return bool(backlogs) and min(backlogs) > self.high_water
 
     def publish(self, chunk: bytes) -> None:
         """Hand whole records to every client; never blocks on one client."""
-        if self.high_water and self._all_behind():
+        if self.high_water and not self._gave_up and self._all_behind():
             self.waits += 1
             deadline = time.monotonic() + STALL_WAIT
             with self._space:
@@ -273,6 +276,9 @@ class Fanout:
                 while self._all_behind():
                     left = deadline - time.monotonic()
                     if left <= 0:
+                        # nobody drained for STALL_WAIT: stop waiting until a
+                        # client makes progress; the stalled ones overflow
+                        self._gave_up = True
                         break
                     self._space.wait(min(left, 0.005))
                 self._waiting = False

@@ -90,7 +90,8 @@ def run(report) -> None:
         second = _connect(cbase)
         socks += monitors + loggers + readers + [collect, second]
         report.step("3 status monitors, 2 message loggers, 2 data readers, 2 command clients")
-        _wait_log(logpath, "clients)", count=9 + 1)
+        for s in socks:  # marserver has taken each of them on
+            _wait_log(logpath, f"client 127.0.0.1:{s.getsockname()[1]} connected (")
 
         data = [recv_for(m, 1.0) for m in monitors]
         counts = [[P.status_counter(HW, r) for r in whole(d, 404)] for d in data]

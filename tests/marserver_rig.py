@@ -163,5 +163,11 @@ class Relay:
         self.logf.flush()
         return self.log.read_text(errors="replace")
 
+    def wait_registered(self, *socks: socket.socket) -> bool:
+        """Wait until marserver has logged each client connection as registered."""
+        return all(
+            self.wait_log(f"client 127.0.0.1:{s.getsockname()[1]} connected (") for s in socks
+        )
+
     def wait_log(self, needle: str, timeout: float = 10.0, count: int = 1) -> bool:
         return wait_for(lambda: self.text().count(needle) >= count, timeout)

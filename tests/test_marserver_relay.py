@@ -96,6 +96,7 @@ def test_commands_messages_data_and_motors_through_marsim(marsim, spawn, tmp_pat
     data = [connect(relay.port(DATA)) for _ in range(2)]
     stat = connect(relay.port(STAT))
     c = connect(relay.port(COMM))
+    assert relay.wait_registered(*mess, *data, stat)
     rec = ask_until(c, cmd(P.Cmd.SET, 0, 97), mess[0], 84, lambda r: P.parse_setparam(r))
     assert P.parse_setparam(rec) == (97, 3020)
     assert recv_for(stat, 0.5)  # status is flowing to this client too
@@ -256,7 +257,7 @@ def test_eleventh_client_is_closed_at_once(marsim, spawn, tmp_path):
     relay.wait_listening(MESS)
     assert relay.wait_log("connected (COMMAND")
     ten = [connect(relay.port(MESS)) for _ in range(10)]
-    assert relay.wait_log("MESSAGE: client", count=10)
+    assert relay.wait_registered(*ten)
     eleventh = connect(relay.port(MESS))
     assert is_closed(eleventh, 5)
     assert relay.wait_log("(already 10 clients, the limit)")

@@ -408,8 +408,10 @@ class HardwareLink:
             _quiet_shutdown(s)
             s.close()
 
-    def _set_lost(self, reason: str, kind: str) -> None:
+    def _set_lost(self, reason: str, kind: str, generation: int | None = None) -> None:
         with self._state_lock:
+            if generation is not None and generation != self.connects:
+                return  # a reader of an earlier connection, already replaced
             if not self._lost.is_set():
                 self._lost_reason = reason
                 self._lost_kind = kind
@@ -459,7 +461,7 @@ class HardwareLink:
             self._readers = [
                 threading.Thread(
                     target=self._read_port,
-                    args=(port, sock),
+                    args=(port, sock, self.connects),
                     name=f"hw-{port.label}",
                     daemon=True,
                 )
@@ -503,7 +505,7 @@ class HardwareLink:
             self._stop.wait(delay)
             delay = min(delay * 2, self.backoff_max)
 
-    def _read_port(self, port: P.Port, sock: socket.socket) -> None:
+    def _read_port(self, port: P.Port, sock: socket.socket, generation: int) -> None:
         size = self.hw.record_size(port)
         framer = P.RecordFramer(size)
         fanout = self.fanouts.get(port)
@@ -514,10 +516,10 @@ class HardwareLink:
                 try:
                     data = sock.recv(max(size, self.recv_size))
                 except OSError as exc:
-                    self._set_lost(f"{port.label} port: {exc.strerror or exc}", "error")
+                    self._set_lost(f"{port.label} port: {exc.strerror or exc}", "error", generation)
                     return
                 if not data:
-                    self._set_lost(f"{port.label} port closed by the hardware", "eof")
+                    self._set_lost(f"{port.label} port closed by the hardware", "eof", generation)
                     return
                 if fanout is None:  # COMMAND: the hardware never writes here
                     if not ignored:

@@ -38,43 +38,70 @@ HOST = procs.LOOPBACK
 N_CLIENTS = 10
 
 
-def _drain(sock: socket.socket, seconds: float, out: list, idx: int) -> None:
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    total = 0
-    end = time.monotonic() + seconds
-    sock.settimeout(0.5)
-    while time.monotonic() < end:
+class _Readers:
+    """Client threads that connect and read at once, counting bytes.
+
+    Each reader connects and starts reading in its own thread, so no client
+    sits unread while the others are set up; the caller samples the counts
+    over a measurement window.  ``stalled`` extra clients connect with a tiny
+    receive buffer and never read.
+    """
+
+    def __init__(self, port: int, n: int, stalled: int = 0) -> None:
+        self.counts = [0] * n
+        self.dropped = [False] * n
+        self._stop = threading.Event()
+        self.stalled = [connect(port, rcvbuf=4096) for _ in range(stalled)]
+        self._threads = [threading.Thread(target=self._read, args=(port, i)) for i in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def _read(self, port: int, i: int) -> None:
+        s = connect(port)
+        s.settimeout(0.5)
+        view = memoryview(bytearray(1 << 20))
         try:
-            n = sock.recv_into(view)
-        except TimeoutError:
-            continue
-        except OSError:
-            break
-        if not n:
-            break
-        total += n
-    out[idx] = total
+            while not self._stop.is_set():
+                try:
+                    n = s.recv_into(view)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    n = 0
+                if not n:
+                    self.dropped[i] = True
+                    return
+                self.counts[i] += n
+        finally:
+            s.close()
 
+    def rates(self, seconds: float, warm: float = 0.5) -> list[float]:
+        time.sleep(warm)
+        before, t0 = list(self.counts), time.monotonic()
+        time.sleep(seconds)
+        after, t1 = list(self.counts), time.monotonic()
+        return [(b - a) / (t1 - t0) for a, b in zip(before, after, strict=True)]
 
-def _throughput(socks: list[socket.socket], seconds: float) -> list[float]:
-    """Bytes per second each socket received, all read in parallel threads."""
-    # let the stream settle first
-    warm = [0] * len(socks)
-    ts = [threading.Thread(target=_drain, args=(s, 0.3, warm, i)) for i, s in enumerate(socks)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    res = [0] * len(socks)
-    ts = [threading.Thread(target=_drain, args=(s, seconds, res, i)) for i, s in enumerate(socks)]
-    t0 = time.monotonic()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    dt = time.monotonic() - t0
-    return [r / dt for r in res]
+    def stalled_dropped(self, timeout: float = 3.0) -> bool:
+        """True if every stalled client was disconnected by the server."""
+        ok = True
+        for s in self.stalled:
+            s.settimeout(timeout)
+            try:
+                while s.recv(1 << 20):
+                    pass
+            except TimeoutError:
+                ok = False
+            except OSError:
+                pass
+        return ok
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        for s in self.stalled:
+            s.close()
 
 
 class _Relay:
@@ -104,51 +131,57 @@ def _sim(base: int, *args: str, **kw) -> subprocess.Popen:
     return p
 
 
+def _raw(port: int, seconds: float) -> float:
+    direct = _Readers(port, 1)
+    try:
+        return direct.rates(seconds)[0]
+    finally:
+        direct.close()
+
+
 def bench_fanout(seconds: float) -> None:
     base = procs.free_port_block(4)
     sim = _sim(base, "--blast", "-r", "1")
     try:
-        direct = connect(base + 2)
-        raw = _throughput([direct], seconds)[0]
-        direct.close()
+        raw1 = _raw(base + 2, seconds)
         relay = _Relay(base, "-d", wait=P.Port.DATA)
         try:
-            clients = [connect(relay.cbase + 2) for _ in range(N_CLIENTS)]
-            rates = _throughput(clients, seconds)
-            agg = sum(rates)
-            per = agg / N_CLIENTS
-            print(f"raw loopback, marsim -> 1 client:      {raw / 1e6:9.1f} MB/s  (baseline)")
-            print(
-                f"fan-out to {N_CLIENTS} clients, aggregate:      {agg / 1e6:9.1f} MB/s"
-                f"  ratio {agg / raw:5.2f} (target >= 0.8)"
-            )
-            print(f"  per client mean {per / 1e6:.1f} MB/s, min {min(rates) / 1e6:.1f} MB/s")
-            for c in clients:
-                c.close()
-            time.sleep(0.3)
-            stalled = connect(relay.cbase + 2, rcvbuf=4096)
-            others = [connect(relay.cbase + 2) for _ in range(N_CLIENTS - 1)]
-            rates2 = _throughput(others, seconds)
-            per2 = sum(rates2) / len(rates2)
-            stalled.settimeout(2)
-            try:
-                dropped = not stalled.recv(1 << 20) or True
-                while stalled.recv(1 << 20):
-                    pass
-            except (TimeoutError, OSError):
-                dropped = True
-            stalled.close()
-            print(
-                f"one of {N_CLIENTS} stalled, other nine per client: {per2 / 1e6:7.1f} MB/s"
-                f"  ratio {per2 / per:5.2f} to unstalled (target >= 0.9);"
-                f" stalled client disconnected: {'yes' if dropped else 'no'}"
-            )
-            for c in others:
-                c.close()
+            readers = _Readers(relay.cbase + 2, N_CLIENTS)
+            rates = readers.rates(seconds)
+            readers.close()
+            time.sleep(0.5)
+            readers2 = _Readers(relay.cbase + 2, N_CLIENTS - 1, stalled=1)
+            rates2 = readers2.rates(seconds)
+            stalled_dropped = readers2.stalled_dropped()
+            readers2.close()
         finally:
             relay.stop()
+        time.sleep(0.3)
+        raw2 = _raw(base + 2, seconds)
     finally:
         procs.stop(sim)
+    raw = max(raw1, raw2)  # the better of two runs: the conservative baseline
+    agg = sum(rates)
+    per = agg / N_CLIENTS
+    per2 = sum(rates2) / len(rates2)
+    print(
+        f"raw loopback, marsim -> 1 client:      {raw / 1e6:9.1f} MB/s  (baseline; best of"
+        f" {raw1 / 1e6:.0f} and {raw2 / 1e6:.0f})"
+    )
+    print(
+        f"fan-out to {N_CLIENTS} clients, aggregate:      {agg / 1e6:9.1f} MB/s"
+        f"  ratio {agg / raw:5.2f} (target >= 0.8)"
+    )
+    print(
+        f"  per client mean {per / 1e6:.1f} MB/s, min {min(rates) / 1e6:.1f} MB/s,"
+        f" clients dropped {sum(readers.dropped)}"
+    )
+    print(
+        f"one of {N_CLIENTS} stalled, other nine per client: {per2 / 1e6:7.1f} MB/s"
+        f"  ratio {per2 / per:5.2f} to unstalled (target >= 0.9);"
+        f" stalled client disconnected: {'yes' if stalled_dropped else 'no'},"
+        f" others dropped {sum(readers2.dropped)}"
+    )
 
 
 def _latencies(socks: list[socket.socket], seconds: float) -> list[float]:

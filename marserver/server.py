@@ -49,7 +49,7 @@ KICK_LIMIT = 3  # hardware-side closes ...
 KICK_WINDOW = 60.0  # ... within this many seconds mean somebody else is connected
 KICK_SHORT = 30.0  # a connection that lived less than this and then got EOF counts as a kick
 BAD_COMMAND_LOG_LINES = 3
-STALL_WAIT = 1.0  # longest pause of the hardware reader when every client is behind
+STALL_WAIT = 3.0  # longest pause of the hardware reader when every client is behind
 
 
 def set_keepalive(sock: socket.socket, idle: int = 10, interval: int = 5, count: int = 3) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -157,7 +158,13 @@ class Relay:
         return self.cbase + int(p)
 
     def wait_listening(self, p: P.Port = P.Port.STAT) -> None:
+        """Wait for the port, and for marserver to be done with the probe connection
+        (so that it does not count against the 10-client limit)."""
         procs.wait_port(self.port(p), proc=self.proc)
+        probe = re.compile(
+            rf"{p.label}: client \S+ disconnected|{p.label} client port \d+: refused"
+        )
+        assert wait_for(lambda: probe.search(self.text()) is not None), "probe never left"
 
     def text(self) -> str:
         self.logf.flush()

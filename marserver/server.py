@@ -163,6 +163,8 @@ class ClientOutput:
                 self._queued += len(rest)
             if self._queue:  # records queued meanwhile or a remainder: wake the writer
                 self._cond.notify()
+        if n and self.on_progress is not None:
+            self.on_progress()
         return True
 
     def close(self, reason: str = "closed") -> None:
@@ -242,6 +244,7 @@ class Fanout:
 
     def add(self, out: ClientOutput) -> int:
         out.on_progress = self._wake
+        self._gave_up = False  # a new client gets the benefit of flow control
         with self._lock:
             self._clients = self._clients + (out,)
             return len(self._clients)

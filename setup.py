@@ -8,7 +8,7 @@ from setuptools import find_packages, setup
 COMMON = ["sendsockcmd = common.sendsockcmd:main"]
 
 # marserver
-MARSERVER: list[str] = []
+MARSERVER = ["marserver = marserver.cli:main", "marsim = marserver.sim:main"]
 
 # specsrv, server-hardware (specsrv/hdw)
 SPECSRV_HDW = [

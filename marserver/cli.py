@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_QUEUE,
         help=f"bytes queued for a client before it is dropped (default {DEFAULT_QUEUE})",
     )
+    net.add_argument(
+        "--backpressure",
+        action="store_true",
+        help="when every client of a port is behind, pause reading that hardware port"
+        " (up to 3 s) instead of dropping them all; off by default, as the hardware"
+        " reader then waits for clients",
+    )
     cli.add_runtime_args(
         p,
         dataclasses.replace(RUNTIME_FLAGS, allow=("-A", "--allow")),
@@ -165,6 +172,7 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         allow=args.allow,
         backoff_max=args.backoff,
         queue_limit=args.queue,
+        backpressure=args.backpressure,
     )
 
 

@@ -49,7 +49,7 @@ KICK_LIMIT = 3  # hardware-side closes ...
 KICK_WINDOW = 60.0  # ... within this many seconds mean somebody else is connected
 KICK_SHORT = 30.0  # a connection that lived less than this and then got EOF counts as a kick
 BAD_COMMAND_LOG_LINES = 3
-STALL_WAIT = 3.0  # longest pause of the hardware reader when every client is behind
+STALL_WAIT = 3.0  # --backpressure: longest pause of the hardware reader when every client is behind
 
 
 def set_keepalive(sock: socket.socket, idle: int = 10, interval: int = 5, count: int = 3) -> None:
@@ -221,14 +221,19 @@ class ClientOutput:
 class Fanout:
     """Every client of one hardware -> client port, and the records for them.
 
-    Flow control follows the *fastest* client: when every client has more
-    than ``high_water`` bytes waiting, :meth:`publish` waits (at most
+    By default (``high_water`` 0) :meth:`publish` never waits: the hardware
+    reader hands each record to every client's queue and goes on, and a
+    client whose queue passes its bound is dropped.
+
+    Optional back-pressure (``high_water`` > 0, marserver's ``--backpressure``)
+    follows the *fastest* client: when every client has more than
+    ``high_water`` bytes waiting, :meth:`publish` waits (at most
     ``STALL_WAIT`` seconds, and not again until some client has made
-    progress) until one of them has drained, so a hardware that
-    sends faster than any client can read is slowed to the pace of the best
-    reader instead of getting all clients dropped.  A client stalled on its
-    own never holds anyone up: the others are below the mark, and it is
-    dropped when its backlog passes the limit.
+    progress) until one of them has drained, so a hardware that sends faster
+    than any client can read is slowed to the pace of the best reader instead
+    of getting all clients dropped.  The hardware reader then does wait for
+    clients (a lone stalled client holds it up to ``STALL_WAIT``), which is
+    why it is off unless asked for.
     """
 
     def __init__(self, label: str, high_water: int = 0) -> None:
@@ -710,6 +715,7 @@ class Settings:
     allow: list | None = None
     backoff_max: float = DEFAULT_BACKOFF_MAX
     queue_limit: int = DEFAULT_QUEUE
+    backpressure: bool = False
 
     @property
     def hw_base(self) -> int:
@@ -728,10 +734,10 @@ class MarServer(runtime.Service):
         # a record must always fit, however small the bound
         biggest = max(s.hw.record_size(p) for p in s.ports)
         self.queue_limit = max(s.queue_limit, 2 * biggest)
+        # the hardware reader never waits for clients unless back-pressure is asked for
+        high_water = self.queue_limit // 2 if s.backpressure else 0
         self.fanouts = {
-            p: Fanout(p.label, high_water=self.queue_limit // 2)
-            for p in s.ports
-            if p is not P.Port.COMM
+            p: Fanout(p.label, high_water=high_water) for p in s.ports if p is not P.Port.COMM
         }
         self.link = HardwareLink(
             s.hw,

@@ -30,6 +30,11 @@ def test_defaults_are_dtb_all_ports_plus_1000():
     assert [s.client_port(p) for p in P.ALL_PORTS] == [5451, 5452, 5453, 5454]
 
 
+def test_backpressure_is_off_unless_asked_for():
+    assert not settings().backpressure
+    assert settings("--backpressure").backpressure
+
+
 def test_man_page_example_mar_status_only_plus_5000():
     s = settings("-mar", "-s", "-a", "5000")
     assert s.hw is P.MAR345 and s.ports == {P.Port.STAT}

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from marserver import protocol as P
 from marserver.client import recv_exact
-from marserver.server import ClientOutput, Fanout
+from marserver.server import ClientOutput, Fanout, MarServer, Settings
 
 from .marserver_rig import is_closed
 
@@ -142,3 +143,28 @@ def test_a_lone_stalled_client_holds_the_publisher_only_briefly(pairs):
     # a pause of at most STALL_WAIT after the client's last progress, not one
     # per record (about 40 records fit between the high-water mark and the limit)
     assert 1 <= fan.waits <= 3
+
+
+def _fanout_of(**kw) -> Fanout:
+    """The DATA fan-out exactly as marserver wires it (nothing is started)."""
+    srv = MarServer(Settings(hw=P.MAR345, ports=frozenset({P.Port.DATA}), **kw))
+    return srv.fanouts[P.Port.DATA]
+
+
+def test_by_default_the_hardware_reader_never_waits_for_a_stalled_client(pairs):
+    # "neither the hardware reader nor any other client ever waits for it":
+    # without --backpressure a lone stalled client is dropped at its bound
+    # and publish() never pauses, not even once
+    socks = pairs(1, rcvbuf=4096)
+    fan = _fanout_of(queue_limit=60_000)
+    assert fan.high_water == 0
+    (out,) = outputs(fan, socks, 60_000)
+    for r in records(400, 1000):
+        fan.publish(r)
+    assert out.closed and "fell behind" in out.reason
+    assert fan.waits == 0
+    assert is_closed(socks[0][1])
+
+
+def test_backpressure_is_opt_in():
+    assert _fanout_of(queue_limit=60_000, backpressure=True).high_water == 30_000

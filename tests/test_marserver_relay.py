@@ -184,16 +184,25 @@ def test_garbage_and_partial_commands_are_dropped_with_a_log_line(fakehw, spawn,
 
 
 def test_slow_client_is_dropped_others_keep_everything(marsim, spawn, tmp_path):
-    base, _ = marsim("--blast")
+    # a long scan at a high but finite rate (~30 MB/s): a client that reads
+    # keeps up, one that never reads falls behind; marserver does not slow
+    # the hardware down for either of them
+    base, _ = marsim("--scan-rate", "2000", "--scan-blocks", "60000")
     relay = Relay(spawn, base, "--queue", "2000000", log=tmp_path / "log")
     relay.wait_listening(DATA)
     stalled = connect(relay.port(DATA), rcvbuf=4096)
     fast = connect(relay.port(DATA))
+    assert relay.wait_registered(stalled, fast)
+    c = connect(relay.port(COMM))
+    c.sendall(cmd(P.Cmd.SCAN, 1))
     got = bytearray()
     deadline = time.monotonic() + 30
     while "disconnecting slow client" not in relay.text() and time.monotonic() < deadline:
         got += recv_for(fast, 0.2)
     assert "disconnecting slow client" in relay.text()
+    # it is the stalled client that was dropped, and only that one
+    assert f"disconnecting slow client 127.0.0.1:{stalled.getsockname()[1]}:" in relay.text()
+    assert relay.text().count("disconnecting slow client") == 1
     got += recv_for(fast, 0.5)
     n = len(got) - len(got) % 16386
     nums = [P.data_block_number(r) for r in P.split_records(bytes(got[:n]), 16386)]
@@ -201,7 +210,10 @@ def test_slow_client_is_dropped_others_keep_everything(marsim, spawn, tmp_path):
     # the fast client lost nothing: block numbers rise by one (mod 2**16)
     assert all((b - a) % 65536 == 1 for a, b in zip(nums, nums[1:], strict=False))
     assert is_closed(stalled)
+    assert not is_closed(fast, 0.3)
+    assert relay.text().count("disconnecting slow client") == 1
     fast.close()
+    c.close()
 
 
 def test_hardware_restart_keeps_clients_and_drops_commands_meanwhile(marsim, spawn, tmp_path):

@@ -4,6 +4,8 @@ Every figure is printed with a baseline measured in the same run:
 
 * DATA fan-out to 10 clients against marsim ``--blast``: aggregate bytes/s
   over one client reading marsim directly (raw single stream; target >= 0.8);
+  marserver runs with ``--backpressure`` here, since a blasting source outruns
+  every reader;
 * the same with one of the 10 clients stalled: the other nine's per-client
   rate over the unstalled per-client rate (target >= 0.9);
 * STATUS latency marsim -> marserver -> 10 clients (marsim stamps each record
@@ -148,7 +150,9 @@ def bench_fanout(seconds: float) -> None:
         # marsim blasts at ~100x the scanner's real rate, so the per-client bound
         # is scaled up too: 64 MB is ~0.3 s of lag here (the 4 MB default is ~2 s
         # of a real mar345 scan but only ~20 ms at these rates)
-        relay = _Relay(base, "-d", "--queue", str(QUEUE), wait=P.Port.DATA)
+        # --backpressure: marsim --blast outruns any reader, so without it every
+        # client would be dropped; the marserver default never pauses the hardware
+        relay = _Relay(base, "-d", "--queue", str(QUEUE), "--backpressure", wait=P.Port.DATA)
         try:
             readers = _Readers(relay.cbase + 2, N_CLIENTS)
             rates = readers.rates(seconds)
@@ -178,7 +182,7 @@ def bench_fanout(seconds: float) -> None:
     )
     print(
         f"  per client mean {per / 1e6:.1f} MB/s, min {min(rates) / 1e6:.1f} MB/s,"
-        f" clients dropped {sum(readers.dropped)} (--queue {QUEUE})"
+        f" clients dropped {sum(readers.dropped)} (--queue {QUEUE} --backpressure)"
     )
     print(
         f"one of {N_CLIENTS} stalled, other nine per client: {per2 / 1e6:7.1f} MB/s"

@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Settings:
     hw = P.HARDWARE[args.hardware]
+    if args.port is None and args.hostname.isdigit():
+        # the synopsis is "[hostname] port": a lone number is the port, not a host
+        try:
+            args.port = cli.port_number(args.hostname)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"argument port: {exc}")
+        args.hostname = "localhost"
     base = args.port if args.port is not None else hw.base
     ports: set[P.Port] = set(args.only or [])
     for spec in args.port_spec:

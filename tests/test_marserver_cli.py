@@ -66,6 +66,14 @@ def test_positional_host_port_and_swap_spellings():
     assert settings("--swap", "--scanner").swap
 
 
+def test_a_lone_number_is_the_port_not_the_hostname():
+    # synopsis "marserver [OPTION] [hostname] port": "marserver -mar 7000"
+    s = settings("-mar", "7000")
+    assert s.host == "localhost" and s.hw_base == 7000
+    assert s.client_port(P.Port.STAT) == 8001
+    assert settings("-mar", "scanner1").host == "scanner1"
+
+
 @pytest.mark.parametrize(
     "argv,needle",
     [
@@ -78,6 +86,7 @@ def test_positional_host_port_and_swap_spellings():
         (["--bogus"], "unrecognized arguments"),
         (["--backoff", "0"], "must be greater than 0"),
         (["host", "99999"], "port number out of range"),
+        (["99999"], "port number out of range"),
     ],
 )
 def test_bad_flags_exit_2_with_a_message(argv, needle):

@@ -26,7 +26,6 @@ import argparse
 import selectors
 import socket
 import statistics
-import struct
 import subprocess
 import threading
 import time
@@ -198,7 +197,6 @@ def _latencies(socks: list[socket.socket], seconds: float) -> list[float]:
     One thread reads all sockets through a selector (no GIL contention
     between reader threads); marsim stamped each record with its send time.
     """
-    off = HW.status_lead + 4 * (HW.sim_time_word - 1)
     lat: list[float] = []
     framers = {s: P.RecordFramer(404) for s in socks}
     sel = selectors.DefaultSelector()
@@ -218,8 +216,7 @@ def _latencies(socks: list[socket.socket], seconds: float) -> list[float]:
                 continue
             chunk = framers[key.fileobj].feed(data)
             for i in range(0, len(chunk), 404):
-                hi, lo = struct.unpack_from(">ii", chunk, i + off)
-                lat.append((now - P.unpack_time(hi, lo)) / 1e6)
+                lat.append((now - P.send_time(HW, chunk, i)) / 1e6)
     sel.close()
     return sorted(lat)
 

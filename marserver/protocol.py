@@ -499,6 +499,19 @@ def status_counter(hw: Hardware, record: bytes) -> int:
     return struct.unpack_from(">i", record, hw.status_lead + 4 * (hw.counter_word - 1))[0]
 
 
+def set_send_time(hw: Hardware, st: Status, ns: int) -> None:
+    """marsim's send time (64-bit ns) in the two unused status words."""
+    hi, lo = pack_time(ns)
+    st.set(hw.sim_time_word, hi)
+    st.set(hw.sim_time_word + 1, lo)
+
+
+def send_time(hw: Hardware, record: bytes, offset: int = 0) -> int:
+    """The send time marsim put into the STATUS record at ``offset`` (wire order)."""
+    at = offset + hw.status_lead + 4 * (hw.sim_time_word - 1)
+    return unpack_time(*struct.unpack_from(">ii", record, at))
+
+
 def stepper_words(axis: int) -> tuple[int, int, int]:
     """Status word numbers of (actual, target, status) for a mar345 axis 1..6."""
     first = W_STEPPER + 3 * (axis - 1)
@@ -548,6 +561,16 @@ def setparam_message(param: int, value: int) -> str:
     return "MESS" + body
 
 
+# task names as the controller prints them; clients wait for the exact texts
+# "SCAN_DATA    Ended o.k." and "MODE_CHANGE  Ended o.k." (4 and 2 spaces)
+_TASK_NAMES = {Cmd.SCAN: "SCAN_DATA   ", Cmd.CHANGE: "MODE_CHANGE "}
+
+
+def task_end_message(cmd: int) -> str:
+    """The MESSAGE text that reports the end of task ``cmd``."""
+    return f"MESS {_TASK_NAMES.get(cmd) or _name(Cmd, cmd)} Ended o.k."
+
+
 def parse_setparam(record: bytes) -> tuple[int, int] | None:
     body = message_body(record)
     if body is None or "SETPARAM" not in body[:17]:
@@ -571,8 +594,13 @@ def encode_data_block(block: int, pixels: bytes) -> bytes:
     return struct.pack(">H", block & 0xFFFF) + pixels
 
 
-def data_block_number(record: bytes) -> int:
-    return struct.unpack_from(">H", record, 0)[0]
+def data_block_number(record: bytes, offset: int = 0) -> int:
+    return struct.unpack_from(">H", record, offset)[0]
+
+
+def set_data_block_number(buf: bytearray, offset: int, block: int) -> None:
+    """Renumber the mar345 DATA block at ``offset`` of ``buf`` in place."""
+    struct.pack_into(">H", buf, offset, block & 0xFFFF)
 
 
 def encode_dtb_sample(pos1: int, adc1: int, pos2: int, adc2: int) -> bytes:

@@ -342,12 +342,7 @@ class MarSim(runtime.Service):
                     del self.tasks[cmd]
                     if self.hw is P.MAR345:
                         self.status.set(P.W_TASK + cmd, P.TASK_DONE)
-                        name = P.Cmd(cmd).name
-                        if cmd == P.Cmd.SCAN:
-                            name = "SCAN_DATA   "
-                        elif cmd == P.Cmd.CHANGE:
-                            name = "MODE_CHANGE "
-                        ended.append(f"MESS {name} Ended o.k.")
+                        ended.append(P.task_end_message(cmd))
         return ended
 
     def _status_record(self) -> bytes:
@@ -355,9 +350,7 @@ class MarSim(runtime.Service):
             self.counter += 1
             st = self.status
             st.set(self.hw.counter_word, self.counter)
-            hi, lo = P.pack_time(time.monotonic_ns())
-            st.set(self.hw.sim_time_word, hi)
-            st.set(self.hw.sim_time_word + 1, lo)
+            P.set_send_time(self.hw, st, time.monotonic_ns())
             return P.encode_status(self.hw, st)
 
     def _data_record(self, n: int) -> bytes:
@@ -394,7 +387,7 @@ class MarSim(runtime.Service):
                 continue
             if self.hw is P.MAR345:
                 for i in range(per):
-                    struct.pack_into(">H", template, i * size, (block + i) & 0xFFFF)
+                    P.set_data_block_number(template, i * size, block + i)
             block += per
             if not self.send(P.Port.DATA, bytes(template)):
                 self._stop.wait(0.02)

@@ -209,3 +209,26 @@ def test_port_spec():
     for bad in ("4451", "FOO", ",", "44x"):
         with pytest.raises(ValueError):
             P.parse_port_spec(bad, hw)
+
+
+def test_task_end_messages_are_the_texts_clients_wait_for():
+    # ADmar345 waits for these exact substrings in the MESSAGE stream
+    assert "SCAN_DATA    Ended o.k." in P.task_end_message(P.Cmd.SCAN)
+    assert "MODE_CHANGE  Ended o.k." in P.task_end_message(P.Cmd.CHANGE)
+    assert P.task_end_message(P.Cmd.ERASE) == "MESS ERASE Ended o.k."
+    assert P.task_end_message(99) == "MESS 99 Ended o.k."
+
+
+@given(st.sampled_from([P.MAR345, P.DTB]), st.integers(0, 2**63 - 1), st.integers(0, 3))
+def test_send_time_round_trip_at_any_record(hw, ns, k):
+    s = P.new_status(hw)
+    P.set_send_time(hw, s, ns)
+    size = hw.record_size(P.Port.STAT)
+    chunk = bytes(size * k) + P.encode_status(hw, s)
+    assert P.send_time(hw, chunk, size * k) == ns
+
+
+def test_data_block_renumbering():
+    buf = bytearray(P.encode_data_block(1, bytes(16384)) * 2)
+    P.set_data_block_number(buf, 16386, 70000)
+    assert P.data_block_number(buf) == 1 and P.data_block_number(buf, 16386) == 70000 % 65536

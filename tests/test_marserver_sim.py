@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 
@@ -103,4 +104,22 @@ def test_dtb_through_marserver(spawn, tmp_path):
     assert relay.wait_log("COMMAND from 127.0.0.1:")
     assert "cmd=10 mode=0 par=[1 2 3 4 5 6 7 8] str='align'" in relay.text()
     for s in (stat, mess, data, c):
+        s.close()
+
+
+def test_scan_sends_numbered_blocks_then_the_end_message(spawn):
+    base = start_sim(spawn, "-r", "50", "--scan-blocks", "8")
+    c, d, m = connect(base), connect(base + 2), connect(base + 3)
+    time.sleep(0.3)  # let the simulator's handler threads attach the three sockets
+    c.sendall(P.encode_command(P.MAR345, P.Command(P.Cmd.SCAN, 1)))
+    blocks = P.split_records(recv_exact(d, 8 * 16386), 16386)
+    assert [P.data_block_number(b) for b in blocks] == list(range(1, 9))
+    texts: list[str] = []
+    for _ in range(40):  # bounded: the end message follows within a few status ticks
+        texts += [P.decode_message(r) for r in P.split_records(recv_exact(m, 84), 84)]
+        if any("Ended" in t for t in texts):
+            break
+    assert texts[0].startswith("MESS SCAN_DATA    Started")
+    assert "MESS SCAN_DATA    Ended o.k." in texts
+    for s in (c, d, m):
         s.close()

@@ -49,6 +49,7 @@ KICK_LIMIT = 3  # hardware-side closes ...
 KICK_WINDOW = 60.0  # ... within this many seconds mean somebody else is connected
 KICK_SHORT = 30.0  # a connection that lived less than this and then got EOF counts as a kick
 BAD_COMMAND_LOG_LINES = 3
+DROPPED_COMMAND_LOG_LINES = 10  # per outage; further drops are counted and summed up
 STALL_WAIT = 3.0  # --backpressure: longest pause of the hardware reader when every client is behind
 
 
@@ -336,6 +337,7 @@ class HardwareLink:
         self.connects = 0
         self.commands = 0
         self.dropped_commands = 0
+        self._dropped_away = 0  # commands dropped during the current outage
 
     def describe_ports(self) -> str:
         return ", ".join(f"{p.label} {self.hw.port_number(p, self.base)}" for p in self.ports)
@@ -369,11 +371,16 @@ class HardwareLink:
             sock = self._socks.get(P.Port.COMM) if self.connected.is_set() else None
             if sock is None:
                 self.dropped_commands += 1
-                log.warning(
-                    "COMMAND: hardware not connected, command from %s dropped%s",
-                    peer,
-                    f": {summary}" if summary else "",
-                )
+                self._dropped_away += 1
+                if self._dropped_away <= DROPPED_COMMAND_LOG_LINES:
+                    log.warning(
+                        "COMMAND: hardware not connected, command from %s dropped%s%s",
+                        peer,
+                        f": {summary}" if summary else "",
+                        "; further commands dropped meanwhile are only counted"
+                        if self._dropped_away == DROPPED_COMMAND_LOG_LINES
+                        else "",
+                    )
                 return False
             try:
                 sock.sendall(P.swap_records(self.hw, P.Port.COMM, record) if self.swap else record)
@@ -465,6 +472,13 @@ class HardwareLink:
             with self._cmd_lock, self._state_lock:
                 self._socks = dict(socks)
                 self.connected.set()
+                dropped, self._dropped_away = self._dropped_away, 0
+            if dropped:
+                log.warning(
+                    "COMMAND: %d command(s) arrived while the hardware was away; "
+                    "all were dropped, none is sent now",
+                    dropped,
+                )
             t0 = time.monotonic()
             self._readers = [
                 threading.Thread(

@@ -353,3 +353,28 @@ def test_allow_list_refuses_other_networks(marsim, spawn, tmp_path):
     s = connect(relay.port(STAT))
     assert is_closed(s)
     assert relay.wait_log("refused connection from 127.0.0.1 (not in allow-list)")
+
+
+def test_commands_while_the_hardware_is_away_are_dropped_with_bounded_logging(spawn, tmp_path):
+    # a client that keeps sending while the hardware is away must not flood the
+    # log (one line per record); and nothing is replayed when it comes back
+    hw_base = procs.free_port_block(4)
+    relay = Relay(spawn, hw_base, log=tmp_path / "log")
+    relay.wait_listening(COMM)
+    assert relay.wait_log("cannot connect")
+    c = connect(relay.port(COMM))
+    c.sendall(cmd(P.Cmd.SHUTTER, 1) * 500)
+    assert relay.wait_log("further commands dropped meanwhile are only counted")
+    time.sleep(0.5)  # all 500 are read and dropped
+    assert relay.text().count("hardware not connected, command from") == 10
+    hw = FakeHardware(base=hw_base)
+    try:
+        assert relay.wait_log("500 command(s) arrived while the hardware was away", timeout=20)
+        assert wait_for(hw.connected)
+        time.sleep(0.3)
+        assert bytes(hw.commands) == b""  # nothing replayed
+        c.sendall(cmd(P.Cmd.SHUTTER, 0))
+        assert wait_for(lambda: bytes(hw.commands) == cmd(P.Cmd.SHUTTER, 0))
+    finally:
+        c.close()
+        hw.close()

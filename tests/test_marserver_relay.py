@@ -53,6 +53,14 @@ def cmd(c: int, mode: int = 0, *pars: int, text: bytes = b"") -> bytes:
     return P.encode_command(HW, P.Command(c, mode, pars, text))
 
 
+def threads(pid: int) -> int:
+    """Number of threads of a process (Linux /proc)."""
+    for line in open(f"/proc/{pid}/status").read().splitlines():  # noqa: SIM115
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
 def ask_until(send_sock, record: bytes, read_sock, size: int, pred, tries: int = 40):
     """Send ``record`` until a reply record satisfying ``pred`` arrives (bounded)."""
     for _ in range(tries):
@@ -285,6 +293,9 @@ def test_connect_disconnect_cycles_leak_nothing(marsim, spawn, tmp_path):
     base, _ = marsim("-r", "100")
     relay = Relay(spawn, base, log=tmp_path / "log")
     relay.wait_listening()
+    assert relay.wait_log("connected (COMMAND")
+    time.sleep(0.3)  # the probe's handler thread is gone
+    before = threads(relay.proc.pid)
     for i in range(300):
         s = socket.create_connection(("127.0.0.1", relay.port(STAT if i % 2 else COMM)))
         if i % 3 == 0:
@@ -299,6 +310,11 @@ def test_connect_disconnect_cycles_leak_nothing(marsim, spawn, tmp_path):
     # refused at the limit while their predecessors were still closing)
     assert wait_for(all_gone, 30)
     time.sleep(0.3)  # the last handler threads log before they leave the server's table
+    # no handler or writer thread is left behind
+    assert wait_for(lambda: threads(relay.proc.pid) <= before, 10), (
+        before,
+        threads(relay.proc.pid),
+    )
     keep = [connect(relay.port(STAT)) for _ in range(10)]
     for s in keep:
         assert len(recv_exact(s, 404 * 3)) == 404 * 3

@@ -15,13 +15,7 @@ from marserver.client import connect, recv_exact, recv_for  # noqa: F401 - re-ex
 HOST = procs.LOOPBACK
 
 
-def wait_for(pred, timeout: float = 10.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())
+wait_for = procs.wait_until
 
 
 def is_closed(sock: socket.socket, timeout: float = 5.0) -> bool:

@@ -23,6 +23,11 @@ DATA = Path(__file__).resolve().parent / "data"
 DEMO_CFG = DATA / "demo.cfg"
 DEMO_ACF = DATA / "demo.acf"
 
+# lines shorter than this (comment and blanks removed) are skipped with a log
+# line, as the original skipped lines shorter than 3 characters; any longer
+# line without "=" is an error naming the line (see camerad.cfg(5))
+CONFIG_MIN_LINE = 3
+
 # keys accepted without being used by camerad (archonsim's keys, C++ leftovers)
 IGNORED_KEYS = {
     "EMULATOR_PORT",
@@ -144,6 +149,8 @@ def from_keyvalue(kv: KeyValueConfig) -> CameraConfig:
     cfg = CameraConfig(source=kv.source)
     base = Path(kv.source).resolve().parent if kv.source not in ("<string>", "") else Path.cwd()
     cfg.arrays = {k: dict(v) for k, v in kv.arrays.items()}
+    for lineno, text in kv.skipped:
+        log.warning("%s:%d: line %r too short to be KEY=VALUE; ignored", kv.source, lineno, text)
     for lineno, key, idx, value in kv.lines:
         where = f"{kv.source}:{lineno}"
         if idx is not None:
@@ -228,11 +235,11 @@ def check(cfg: CameraConfig) -> CameraConfig:
 
 
 def load(path: str | os.PathLike) -> CameraConfig:
-    return from_keyvalue(read_keyvalue(path))
+    return from_keyvalue(read_keyvalue(path, CONFIG_MIN_LINE))
 
 
 def parse(text: str, source: str = "<string>") -> CameraConfig:
-    return from_keyvalue(parse_keyvalue(text, source))
+    return from_keyvalue(parse_keyvalue(text, source, CONFIG_MIN_LINE))
 
 
 def defaults() -> CameraConfig:

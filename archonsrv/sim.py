@@ -33,6 +33,7 @@ from common.framing import OverlongLine
 from common.server import ConnectionClosed, LineHandler, ThreadedTCPServer
 
 from . import protocol as P
+from .config import CONFIG_MIN_LINE
 
 log = logging.getLogger("archonsim")
 
@@ -746,7 +747,7 @@ def load_settings(args) -> tuple[SimSettings, int]:
     cfgfile = args.file or args.config
     system_file = None
     if cfgfile:
-        kv = read_keyvalue(cfgfile)
+        kv = read_keyvalue(cfgfile, CONFIG_MIN_LINE)
         base = Path(cfgfile).resolve().parent
         for key, attr in (
             ("EXPOSE_PARAM", "expose_param"),

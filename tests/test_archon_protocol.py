@@ -54,6 +54,29 @@ def test_config_rejects(extra):
         C.parse(BASE_CFG + extra)
 
 
+@pytest.mark.parametrize("short", ["x", "}", "ab", "A=", "=", "  ;;  # c", "\t\r"])
+def test_config_short_lines_ignored_not_fatal(short, caplog):
+    # the original skipped lines shorter than 3 characters: a stray character
+    # (an editor slip, a CRLF remnant) must not stop camerad from starting
+    cfg = C.parse(BASE_CFG + short + "\nIMDIR=/data\n", "cam.cfg")
+    assert cfg.imdir == "/data" and cfg.blkport == 3031
+    if short.split("#")[0].strip():
+        assert "cam.cfg:4:" in caplog.text and "ignored" in caplog.text
+
+
+@pytest.mark.parametrize("bad", ["abc", "IMDIR /data", "LOGSTDERR"])
+def test_config_line_without_equals_names_the_line(bad):
+    with pytest.raises(ConfigError, match=r"cam\.cfg:4: expected KEY=VALUE"):
+        C.parse(BASE_CFG + bad + "\n", "cam.cfg")
+
+
+def test_config_file_with_short_line_loads(tmp_path):
+    p = tmp_path / "cam.cfg"
+    p.write_text(BASE_CFG + "x\r\n\r\nBASENAME=run\r\n")
+    cfg = C.load(p)
+    assert cfg.basename == "run"
+
+
 def test_config_requires_ports_and_logpath():
     for missing in ("BLKPORT", "NBPORT", "LOGPATH"):
         text = "".join(line + "\n" for line in BASE_CFG.split() if not line.startswith(missing))

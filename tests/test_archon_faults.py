@@ -104,6 +104,33 @@ def test_idle_nonblocking_connection_is_closed(rig):
     assert rig.nb("echo ok") == "ok DONE"
 
 
+def test_trickling_nonblocking_client_is_closed(rig):
+    """The 3 s bound the whole command line, not each read (else a byte every
+    2 s would hold a thread for an hour)."""
+    s = socket.create_connection(("127.0.0.1", rig.nbport), timeout=10)
+    got = b""
+    try:
+        for ch in b"echo trickle":  # 12 bytes, 0.5 s apart: well past 3 s
+            s.sendall(bytes([ch]))
+            time.sleep(0.5)
+        s.sendall(b"\n")
+        got = s.recv(100)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        s.close()
+    assert got == b""  # closed, never answered
+    assert rig.nb("echo ok") == "ok DONE"
+
+
+def test_nonblocking_partial_line_at_eof_is_a_command(rig):
+    s = socket.create_connection(("127.0.0.1", rig.nbport), timeout=10)
+    s.sendall(b"echo no newline")
+    s.shutdown(socket.SHUT_WR)
+    assert s.recv(100) == b"no newline DONE\n"
+    s.close()
+
+
 def test_second_blocking_client_waits_its_turn(rig):
     rig.blk("echo first")  # the rig's connection is open
     s = socket.create_connection(("127.0.0.1", rig.blkport), timeout=5)

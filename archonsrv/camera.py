@@ -195,7 +195,8 @@ class Camera:
 
     def _param_line(self, name: str) -> int | None:
         for i, (k, v) in enumerate(self.cfgmem):
-            if re.match(r"^PARAMETER\d+$", k) and v.split("=", 1)[0] == name:
+            entry = P.param_entry(k, v)
+            if entry is not None and entry[0] == name:
                 return i
         return None
 
@@ -210,7 +211,7 @@ class Camera:
                 if apply:
                     self.archon.command(apply)
                 return
-            self.archon.command(f"WCONFIG{line:04X}{key}={value}")
+            self.archon.command(P.wconfig_command(line, key, value))
             self.cfgmem[line] = (key, value)
             if apply:
                 self.archon.command(apply)
@@ -236,11 +237,11 @@ class Camera:
         line = self._param_line(name)
         if line is None:
             raise CommandError(f"parameter {name!r} not in the loaded ACF")
-        reply = self.archon.command(f"RCONFIG{line:04X}")
-        m = re.match(r"^PARAMETER\d+=([^=]*)=(.*)$", reply.strip())
-        if not m or m.group(1) != name:
+        reply = self.archon.command(P.rconfig_command(line))
+        entry = P.parse_param_reply(reply)
+        if entry is None or entry[0] != name:
             raise CommandError(f"unexpected RCONFIG reply for {name}: {reply[:60]!r}")
-        return m.group(2)
+        return entry[1]
 
     def _drain_fetchlog(self) -> None:
         for _ in range(100):
@@ -313,7 +314,7 @@ class Camera:
                 self.archon.command("POLLOFF")
                 self.archon.command("CLEARCONFIG")
                 for i, (k, v) in enumerate(acf.lines):
-                    self.archon.command(f"WCONFIG{i:04X}{k}={v}")
+                    self.archon.command(P.wconfig_command(i, k, v))
                 self.archon.command("POLLON")
                 self.archon.command("LOADTIMING" if timing else "APPLYALL")
             except ArchonError:
@@ -384,9 +385,9 @@ class Camera:
             for i, (k, v) in enumerate(target):
                 if i < len(self.cfgmem) and self.cfgmem[i] == (k, v):
                     continue
-                self.archon.command(f"WCONFIG{i:04X}{k}={v}")
+                self.archon.command(P.wconfig_command(i, k, v))
                 self.cfgmem[i] = (k, v)
-                if re.match(r"^PARAMETER\d+$", k):
+                if P.is_param_key(k):
                     changed_param = True
                 else:
                     changed_cfg = True
@@ -598,7 +599,7 @@ class Camera:
         _int_arg(value, f"value of {name}", -(2**31), 2**32 - 1)
         key = self.cfgmem[line][0]
         with self.archon.lock:
-            self.archon.command(f"WCONFIG{line:04X}{key}={name}={value}")
+            self.archon.command(P.wconfig_command(line, key, f"{name}={value}"))
             self.cfgmem[line] = (key, f"{name}={value}")
             self.archon.command(f"LOADPARAM {name} {value}")
         return value
@@ -1366,7 +1367,7 @@ class Camera:
             return " ".join(f"[{a}:{b},{c}:{d}]" for a, b, c, d in self.geometry.amp_sections)
         if t == "parammap":
             for i, (k, v) in enumerate(self.cfgmem):
-                if re.match(r"^PARAMETER\d+$", k):
+                if P.is_param_key(k):
                     log.info("param line %04X %s", i, v)
             return ""
         if t == "configmap":

@@ -257,15 +257,15 @@ class ArchonState:
 
     def _load_params(self) -> None:
         for k, val in self.config.values():
-            if k.startswith("PARAMETER") and k != "PARAMETERS" and "=" in val:
-                name, value = val.split("=", 1)
-                self.params[name] = value
+            entry = P.param_entry(k, val)
+            if entry is not None:
+                self.params[entry[0]] = entry[1]
 
     def _param_names(self) -> set[str]:
         return {
-            val.split("=", 1)[0]
+            entry[0]
             for k, val in self.config.values()
-            if k.startswith("PARAMETER") and k != "PARAMETERS" and "=" in val
+            if (entry := P.param_entry(k, val)) is not None
         }
 
     # -- commands ----------------------------------------------------------
@@ -291,22 +291,15 @@ class ArchonState:
         if text == "FETCHLOG":
             return self.fetchlog.popleft() if self.fetchlog else "(null)"
         if text.startswith("WCONFIG"):
-            body = text[7:]
-            if len(body) < 5 or "=" not in body[4:]:
+            w = P.parse_wconfig(text)
+            if w is None:
                 return False
-            try:
-                line = int(body[:4], 16)
-            except ValueError:
-                return False
-            k, v = body[4:].split("=", 1)
+            line, k, v = w
             self.config[line] = (k, v)
             return ""
         if text.startswith("RCONFIG"):
-            try:
-                line = int(text[7:11], 16)
-            except ValueError:
-                return False
-            if len(text) != 11 or line not in self.config:
+            line = P.parse_rconfig(text)
+            if line is None or line not in self.config:
                 return False
             k, v = self.config[line]
             return f"{k}={v}"

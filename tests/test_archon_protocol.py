@@ -141,6 +141,30 @@ def test_reply_roundtrip(ref, text):
     assert P.decode_reply(P.encode_error(ref)[:-1]) == P.ArchonReply(ref, False, "")
 
 
+@given(
+    line=st.integers(0, P.MAX_CONFIG_LINES - 1),
+    key=st.from_regex(r"[A-Z][A-Z0-9_/]{0,20}", fullmatch=True),
+    value=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+)
+def test_config_memory_commands_roundtrip(line, key, value):
+    assert P.parse_wconfig(P.wconfig_command(line, key, value)) == (line, key, value)
+    assert P.parse_rconfig(P.rconfig_command(line)) == line
+
+
+def test_config_memory_commands_reject():
+    with pytest.raises(P.ProtocolError):
+        P.wconfig_command(0x10000, "A", "1")
+    for bad in ("WCONFIG", "WCONFIG00", "WCONFIG00G0A=1", "WCONFIG0000=1", "WCONFIG0000A"):
+        assert P.parse_wconfig(bad) is None, bad
+    for bad in ("RCONFIG", "RCONFIG001", "RCONFIG00001", "RCONFIGzzzz"):
+        assert P.parse_rconfig(bad) is None, bad
+    assert P.param_entry("PARAMETER3", "Expose=0") == ("Expose", "0")
+    assert P.param_entry("PARAMETERS", "Expose=0") is None  # the count line
+    assert P.param_entry("PARAMETER3", "novalue") is None
+    assert P.parse_param_reply("PARAMETER12=exptime=1500\r") == ("exptime", "1500")
+    assert P.parse_param_reply("LINECOUNT=516") is None
+
+
 def test_reply_garbage_and_commands():
     for bad in (b"", b"hello", b"<G1", b">01X"):
         with pytest.raises(P.ProtocolError):

@@ -1204,11 +1204,16 @@ class Camera:
         st = self._localtime(t)
         return time.strftime("%Y-%m-%dT%H:%M:%S", st) + f".{int(t * 1000) % 1000:03d}"
 
-    def _target_dir(self, start: float) -> Path:
+    def _dir_for(self, start: float) -> Path:
         base = Path(self.imdir)
         if not self.autodir:
             return base
-        d = base / time.strftime("%Y%m%d", self._localtime(start))
+        return base / time.strftime("%Y%m%d", self._localtime(start))
+
+    def _target_dir(self, start: float) -> Path:
+        d = self._dir_for(start)
+        if not self.autodir:
+            return d
         try:
             d.mkdir(mode=self.cfg.dirmode, exist_ok=True)
         except OSError as exc:
@@ -1350,7 +1355,8 @@ class Camera:
             raise CommandError("usage: test <testname> [args]")
         t = parts[0].lower()
         if t == "fitsname":
-            return str(Path(self.imdir) / self._name_for(time.time()))
+            now = time.time()
+            return str(self._dir_for(now) / self._name_for(now))
         if t == "builddate":
             return BUILD
         if t == "async":

@@ -77,6 +77,15 @@ def test_error_goes_to_async_port(rig):
     assert msg is not None and "whole number" in msg
 
 
+def test_test_async_message(rig):
+    rig.listener.clear()
+    assert rig.blk("test async hello there") == "DONE"
+    assert rig.listener.wait_for("TEST:") == "TEST:hello there"
+    rig.listener.clear()
+    assert rig.nb("test async") == "DONE"
+    assert rig.listener.wait_for("TEST:") == "TEST:test"
+
+
 def test_megabyte_line_and_binary_garbage(rig):
     reply = rig.blk(b"x" * (1 << 20) + b"\n")
     assert reply.startswith("ERROR command line too long")

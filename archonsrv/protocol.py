@@ -16,6 +16,7 @@ protocol rules live nowhere else.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -807,6 +808,8 @@ def parse_user_key(arg: str) -> UserKey:
         typed = int(value)
     elif _FLOAT_RE.match(value):
         typed = float(value)
+        if not math.isfinite(typed):  # FITS headers cannot hold inf
+            raise ValueError(f"{kw}: number {value[:30]} out of range")
     else:
         typed = value
     return UserKey(kw, typed, comment)

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from archonsrv import config as C
+from archonsrv import fitsio
 from archonsrv import protocol as P
 from common.config import ConfigError
 
@@ -337,7 +338,7 @@ def test_user_keys():
     assert P.parse_user_key("A=-2.5e3").value == -2500.0
     assert P.parse_user_key("A=T").value is True
     assert P.parse_user_key("A=.").value is None
-    for bad in ("novalue", "=5", "A=", "A B=1", "A=\x01"):
+    for bad in ("novalue", "=5", "A=", "A B=1", "A=\x01", "A=1e999", "A=-1E400//c"):
         with pytest.raises(ValueError):
             P.parse_user_key(bad)
 
@@ -349,6 +350,17 @@ def test_user_key_parser_total(text):
     except ValueError:
         return
     assert 1 <= len(k.keyword) <= 8
+    if k.value is not None:  # an accepted key must not break the next FITS file
+        fitsio._header([(k.keyword, k.value, k.comment)]).tostring()
+
+
+@pytest.mark.parametrize("value", ["1e999", "-2.5e3", "99999999999999999999999", "x" * 68, "it's"])
+def test_accepted_user_key_goes_into_a_header(value):
+    try:
+        k = P.parse_user_key(f"K={value}//" + "c" * 60)
+    except ValueError:
+        return
+    fitsio._header([(k.keyword, k.value, k.comment)]).tostring()
 
 
 def test_fits_names():

@@ -535,7 +535,7 @@ class Camera:
     def cmd_imdir(self, args: str) -> str:
         if not args:
             return self.imdir
-        path = Path(args).expanduser()
+        path = Path(self.cfg.resolve(args.strip()))
         try:
             path.mkdir(parents=True, exist_ok=True, mode=self.cfg.dirmode)
             fd, probe = tempfile.mkstemp(prefix=".camerad-probe-", dir=path)

@@ -154,6 +154,10 @@ def test_autodir_date_directory(rig):
     assert shown[: -len(" DONE")] == path
     assert os.path.basename(os.path.dirname(path)) == time.strftime("%Y%m%d", time.gmtime())
     assert rig.blk("fitsnaming time") == "time DONE"
+    # a relative imdir is taken relative to the configuration file, not the cwd
+    assert rig.blk("imdir relative/images") == f"{rig.dir}/relative/images DONE"
+    assert (rig.dir / "relative" / "images").is_dir()
+    assert rig.blk(f"imdir {rig.imdir}") == f"{rig.imdir} DONE"
 
 
 def test_datacube_and_cubeamps(rig):

@@ -116,6 +116,15 @@ def test_config_render_parse_roundtrip(blk, nb, shift, readout, base, longerror,
     assert cfg.default_firmware == "/etc/x/demo.acf"  # relative to the config file
 
 
+def test_config_relative_paths_follow_the_config_file():
+    # a daemon runs in /, so "relative to the working directory" would mean /images
+    cfg = C.parse(BASE_CFG + "IMDIR=images\nLOGPATH=logs\n", "/etc/cam/camerad.cfg")
+    assert (cfg.imdir, cfg.logpath) == ("/etc/cam/images", "/etc/cam/logs")
+    assert cfg.resolve("other") == "/etc/cam/other" and cfg.resolve("/abs") == "/abs"
+    with pytest.raises(ConfigError, match="IMDIR"):
+        C.parse(BASE_CFG + "IMDIR=\n")
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.text(max_size=200))
 def test_config_parser_never_crashes(text):

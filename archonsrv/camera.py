@@ -195,7 +195,8 @@ class Camera:
 
     def _param_line(self, name: str) -> int | None:
         for i, (k, v) in enumerate(self.cfgmem):
-            if re.match(r"^PARAMETER\d+$", k) and v.split("=", 1)[0] == name:
+            entry = P.param_entry(k, v)
+            if entry is not None and entry[0] == name:
                 return i
         return None
 
@@ -210,7 +211,7 @@ class Camera:
                 if apply:
                     self.archon.command(apply)
                 return
-            self.archon.command(f"WCONFIG{line:04X}{key}={value}")
+            self.archon.command(P.wconfig_command(line, key, value))
             self.cfgmem[line] = (key, value)
             if apply:
                 self.archon.command(apply)
@@ -236,11 +237,11 @@ class Camera:
         line = self._param_line(name)
         if line is None:
             raise CommandError(f"parameter {name!r} not in the loaded ACF")
-        reply = self.archon.command(f"RCONFIG{line:04X}")
-        m = re.match(r"^PARAMETER\d+=([^=]*)=(.*)$", reply.strip())
-        if not m or m.group(1) != name:
+        reply = self.archon.command(P.rconfig_command(line))
+        entry = P.parse_param_reply(reply)
+        if entry is None or entry[0] != name:
             raise CommandError(f"unexpected RCONFIG reply for {name}: {reply[:60]!r}")
-        return m.group(2)
+        return entry[1]
 
     def _drain_fetchlog(self) -> None:
         for _ in range(100):
@@ -313,7 +314,7 @@ class Camera:
                 self.archon.command("POLLOFF")
                 self.archon.command("CLEARCONFIG")
                 for i, (k, v) in enumerate(acf.lines):
-                    self.archon.command(f"WCONFIG{i:04X}{k}={v}")
+                    self.archon.command(P.wconfig_command(i, k, v))
                 self.archon.command("POLLON")
                 self.archon.command("LOADTIMING" if timing else "APPLYALL")
             except ArchonError:
@@ -384,9 +385,9 @@ class Camera:
             for i, (k, v) in enumerate(target):
                 if i < len(self.cfgmem) and self.cfgmem[i] == (k, v):
                     continue
-                self.archon.command(f"WCONFIG{i:04X}{k}={v}")
+                self.archon.command(P.wconfig_command(i, k, v))
                 self.cfgmem[i] = (k, v)
-                if re.match(r"^PARAMETER\d+$", k):
+                if P.is_param_key(k):
                     changed_param = True
                 else:
                     changed_cfg = True
@@ -534,7 +535,7 @@ class Camera:
     def cmd_imdir(self, args: str) -> str:
         if not args:
             return self.imdir
-        path = Path(args).expanduser()
+        path = Path(self.cfg.resolve(args.strip()))
         try:
             path.mkdir(parents=True, exist_ok=True, mode=self.cfg.dirmode)
             fd, probe = tempfile.mkstemp(prefix=".camerad-probe-", dir=path)
@@ -598,7 +599,7 @@ class Camera:
         _int_arg(value, f"value of {name}", -(2**31), 2**32 - 1)
         key = self.cfgmem[line][0]
         with self.archon.lock:
-            self.archon.command(f"WCONFIG{line:04X}{key}={name}={value}")
+            self.archon.command(P.wconfig_command(line, key, f"{name}={value}"))
             self.cfgmem[line] = (key, f"{name}={value}")
             self.archon.command(f"LOADPARAM {name} {value}")
         return value
@@ -1203,11 +1204,16 @@ class Camera:
         st = self._localtime(t)
         return time.strftime("%Y-%m-%dT%H:%M:%S", st) + f".{int(t * 1000) % 1000:03d}"
 
-    def _target_dir(self, start: float) -> Path:
+    def _dir_for(self, start: float) -> Path:
         base = Path(self.imdir)
         if not self.autodir:
             return base
-        d = base / time.strftime("%Y%m%d", self._localtime(start))
+        return base / time.strftime("%Y%m%d", self._localtime(start))
+
+    def _target_dir(self, start: float) -> Path:
+        d = self._dir_for(start)
+        if not self.autodir:
+            return d
         try:
             d.mkdir(mode=self.cfg.dirmode, exist_ok=True)
         except OSError as exc:
@@ -1349,7 +1355,8 @@ class Camera:
             raise CommandError("usage: test <testname> [args]")
         t = parts[0].lower()
         if t == "fitsname":
-            return str(Path(self.imdir) / self._name_for(time.time()))
+            now = time.time()
+            return str(self._dir_for(now) / self._name_for(now))
         if t == "builddate":
             return BUILD
         if t == "async":
@@ -1366,7 +1373,7 @@ class Camera:
             return " ".join(f"[{a}:{b},{c}:{d}]" for a, b, c, d in self.geometry.amp_sections)
         if t == "parammap":
             for i, (k, v) in enumerate(self.cfgmem):
-                if re.match(r"^PARAMETER\d+$", k):
+                if P.is_param_key(k):
                     log.info("param line %04X %s", i, v)
             return ""
         if t == "configmap":

@@ -23,6 +23,11 @@ DATA = Path(__file__).resolve().parent / "data"
 DEMO_CFG = DATA / "demo.cfg"
 DEMO_ACF = DATA / "demo.acf"
 
+# lines shorter than this (comment and blanks removed) are skipped with a log
+# line, as the original skipped lines shorter than 3 characters; any longer
+# line without "=" is an error naming the line (see camerad.cfg(5))
+CONFIG_MIN_LINE = 3
+
 # keys accepted without being used by camerad (archonsim's keys, C++ leftovers)
 IGNORED_KEYS = {
     "EMULATOR_PORT",
@@ -75,6 +80,15 @@ class CameraConfig:
     arrays: dict[str, dict[str, str]] = field(default_factory=dict)
     applied: list[str] = field(default_factory=list)  # "KEY=VALUE" in file order
 
+    def resolve(self, value: str) -> str:
+        """A path from the file or a command: relative ones are taken relative
+        to the configuration file's directory (never to the daemon's cwd, /)."""
+        p = Path(value).expanduser()
+        if p.is_absolute() or not value:
+            return str(p) if value else ""
+        base = Path(self.source).resolve().parent if self.source[:1] != "<" else Path.cwd()
+        return str(base / p)
+
     @property
     def async_enabled(self) -> bool:
         return bool(self.asyncport) and self.asyncgroup.lower() not in ("", "none")
@@ -102,14 +116,12 @@ _STRING_KEYS = {
     "TRIGIN_READOUT_PARAM": "trigin_readout_param",
     "TRIGIN_READOUT_ENABLE": "trigin_readout_enable",
     "TRIGIN_READOUT_DISABLE": "trigin_readout_disable",
-    "IMDIR": "imdir",
     "BASENAME": "basename",
-    "LOGPATH": "logpath",
     "ASYNCGROUP": "asyncgroup",
     "ASYNCIF": "asyncif",
     "BINDADDR": "bindaddr",
 }
-_PATH_KEYS = {"DEFAULT_FIRMWARE": "default_firmware"}
+_PATH_KEYS = {"DEFAULT_FIRMWARE": "default_firmware", "IMDIR": "imdir", "LOGPATH": "logpath"}
 _BOOL_KEYS = {
     "AUTODIR": "autodir",
     "DAEMON": "daemon",
@@ -141,9 +153,10 @@ def _int(key: str, value: str, lo: int, hi: int, where: str) -> int:
 
 def from_keyvalue(kv: KeyValueConfig) -> CameraConfig:
     """Build a :class:`CameraConfig`; raise ConfigError naming file and line."""
-    cfg = CameraConfig(source=kv.source)
-    base = Path(kv.source).resolve().parent if kv.source not in ("<string>", "") else Path.cwd()
+    cfg = CameraConfig(source=kv.source or "<string>")
     cfg.arrays = {k: dict(v) for k, v in kv.arrays.items()}
+    for lineno, text in kv.skipped:
+        log.warning("%s:%d: line %r too short to be KEY=VALUE; ignored", kv.source, lineno, text)
     for lineno, key, idx, value in kv.lines:
         where = f"{kv.source}:{lineno}"
         if idx is not None:
@@ -155,8 +168,7 @@ def from_keyvalue(kv: KeyValueConfig) -> CameraConfig:
         if key in _STRING_KEYS:
             setattr(cfg, _STRING_KEYS[key], value)
         elif key in _PATH_KEYS:
-            p = Path(value)
-            setattr(cfg, _PATH_KEYS[key], str(p if p.is_absolute() or not value else base / p))
+            setattr(cfg, _PATH_KEYS[key], cfg.resolve(value))
         elif key in _BOOL_KEYS:
             try:
                 setattr(cfg, _BOOL_KEYS[key], parse_bool(value, key))
@@ -222,17 +234,19 @@ def check(cfg: CameraConfig) -> CameraConfig:
             raise ConfigError(
                 f"{where}: ASYNCIF must be an IPv4 address: {cfg.asyncif!r}"
             ) from None
+    if not cfg.imdir:
+        raise ConfigError(f"{where}: IMDIR must not be empty")
     if "/" in cfg.basename or not cfg.basename:
         raise ConfigError(f"{where}: BASENAME must be a file name without '/'")
     return cfg
 
 
 def load(path: str | os.PathLike) -> CameraConfig:
-    return from_keyvalue(read_keyvalue(path))
+    return from_keyvalue(read_keyvalue(path, CONFIG_MIN_LINE))
 
 
 def parse(text: str, source: str = "<string>") -> CameraConfig:
-    return from_keyvalue(parse_keyvalue(text, source))
+    return from_keyvalue(parse_keyvalue(text, source, CONFIG_MIN_LINE))
 
 
 def defaults() -> CameraConfig:

@@ -16,6 +16,7 @@ protocol rules live nowhere else.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -124,6 +125,58 @@ def parse_fetch(text: str) -> tuple[int, int] | None:
     if not m:
         return None
     return int(m.group(1), 16), int(m.group(2), 16)
+
+
+# -- configuration memory: WCONFIG / RCONFIG and parameter lines --------------
+
+MAX_CONFIG_LINES = 0x10000  # line numbers are 4 hex digits
+_PARAM_KEY_RE = re.compile(r"^PARAMETER\d+$")
+_WCONFIG_RE = re.compile(r"^WCONFIG([0-9A-Fa-f]{4})([^=]+)=(.*)$", re.S)
+_RCONFIG_RE = re.compile(r"^RCONFIG([0-9A-Fa-f]{4})$")
+
+
+def wconfig_command(line: int, key: str, value: str) -> str:
+    if not 0 <= line < MAX_CONFIG_LINES:
+        raise ProtocolError(f"config line {line} out of range")
+    return f"WCONFIG{line:04X}{key}={value}"
+
+
+def parse_wconfig(text: str) -> tuple[int, str, str] | None:
+    """``WCONFIGllllKEY=VALUE`` -> (line, KEY, VALUE); None if malformed."""
+    m = _WCONFIG_RE.match(text)
+    if not m:
+        return None
+    return int(m.group(1), 16), m.group(2), m.group(3)
+
+
+def rconfig_command(line: int) -> str:
+    if not 0 <= line < MAX_CONFIG_LINES:
+        raise ProtocolError(f"config line {line} out of range")
+    return f"RCONFIG{line:04X}"
+
+
+def parse_rconfig(text: str) -> int | None:
+    m = _RCONFIG_RE.match(text)
+    return int(m.group(1), 16) if m else None
+
+
+def is_param_key(key: str) -> bool:
+    """``PARAMETERn`` (a parameter line), not the count line ``PARAMETERS``."""
+    return bool(_PARAM_KEY_RE.match(key))
+
+
+def param_entry(key: str, value: str) -> tuple[str, str] | None:
+    """(name, value) of a config line ``PARAMETERn=name=value``; None otherwise."""
+    if not is_param_key(key) or "=" not in value:
+        return None
+    name, v = value.split("=", 1)
+    return name, v
+
+
+def parse_param_reply(text: str) -> tuple[str, str] | None:
+    """An RCONFIG reply ``PARAMETERn=name=value`` -> (name, value)."""
+    key, sep, value = text.strip().partition("=")
+    return param_entry(key, value) if sep else None
 
 
 def blocks_for(nbytes: int) -> int:
@@ -439,8 +492,9 @@ class Acf:
     def params(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for i, (k, v) in enumerate(self.lines):
-            if re.match(r"^PARAMETER\d+$", k) and "=" in v:
-                out[v.split("=", 1)[0]] = i
+            entry = param_entry(k, v)
+            if entry is not None:
+                out[entry[0]] = i
         return out
 
     def values(self) -> dict[str, str]:
@@ -754,6 +808,8 @@ def parse_user_key(arg: str) -> UserKey:
         typed = int(value)
     elif _FLOAT_RE.match(value):
         typed = float(value)
+        if not math.isfinite(typed):  # FITS headers cannot hold inf
+            raise ValueError(f"{kw}: number {value[:30]} out of range")
     else:
         typed = value
     return UserKey(kw, typed, comment)

@@ -19,10 +19,11 @@ import logging
 import socket
 import socketserver
 import threading
+import time
 
 from common import runtime
 from common.framing import LineBuffer, OverlongLine
-from common.server import ConnectionClosed, LineHandler, ThreadedTCPServer
+from common.server import LineHandler, ThreadedTCPServer
 
 from . import config as C
 from . import protocol as P
@@ -221,20 +222,48 @@ class NonBlockingHandler(LineHandler):
 
     def handle(self) -> None:
         camera: Camera = self.server.camera
-        try:
-            line = self.reader.read_line()
-        except TimeoutError:
-            log.info("non-blocking port: %s sent nothing in %g s; closed", self.peer, NB_TIMEOUT)
+        line = self._read_command()
+        if line is None:
             return
-        except ConnectionClosed:
-            line = self.reader.eof_partial
-            if not line:
-                return
         self.request.settimeout(None)
         reply = respond(camera, line, self.peer)
         if reply is None:
             return
         self.send_line(reply)
+
+    def _read_command(self) -> bytes | OverlongLine | None:
+        """The first line, if it is complete within NB_TIMEOUT of the connection.
+
+        The 3 s bound the whole line, not each read: a client trickling a
+        byte now and then cannot hold a thread.  A partial line at EOF counts
+        as the command (``echo -n cmd | nc``).
+        """
+        sock: socket.socket = self.request
+        frames = LineBuffer(max_line=P.MAX_COMMAND_LINE)
+        deadline = time.monotonic() + NB_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.info(
+                    "non-blocking port: %s sent no complete line in %g s; closed",
+                    self.peer,
+                    NB_TIMEOUT,
+                )
+                return None
+            sock.settimeout(left)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return None
+            if not data:
+                if frames.discarding:
+                    return OverlongLine(frames.discarding)
+                return frames.pending() or None
+            lines = frames.feed(data)
+            if lines:
+                return lines[0]
 
 
 class Camerad(runtime.Service):

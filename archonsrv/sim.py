@@ -33,6 +33,7 @@ from common.framing import OverlongLine
 from common.server import ConnectionClosed, LineHandler, ThreadedTCPServer
 
 from . import protocol as P
+from .config import CONFIG_MIN_LINE
 
 log = logging.getLogger("archonsim")
 
@@ -256,15 +257,15 @@ class ArchonState:
 
     def _load_params(self) -> None:
         for k, val in self.config.values():
-            if k.startswith("PARAMETER") and k != "PARAMETERS" and "=" in val:
-                name, value = val.split("=", 1)
-                self.params[name] = value
+            entry = P.param_entry(k, val)
+            if entry is not None:
+                self.params[entry[0]] = entry[1]
 
     def _param_names(self) -> set[str]:
         return {
-            val.split("=", 1)[0]
+            entry[0]
             for k, val in self.config.values()
-            if k.startswith("PARAMETER") and k != "PARAMETERS" and "=" in val
+            if (entry := P.param_entry(k, val)) is not None
         }
 
     # -- commands ----------------------------------------------------------
@@ -290,22 +291,15 @@ class ArchonState:
         if text == "FETCHLOG":
             return self.fetchlog.popleft() if self.fetchlog else "(null)"
         if text.startswith("WCONFIG"):
-            body = text[7:]
-            if len(body) < 5 or "=" not in body[4:]:
+            w = P.parse_wconfig(text)
+            if w is None:
                 return False
-            try:
-                line = int(body[:4], 16)
-            except ValueError:
-                return False
-            k, v = body[4:].split("=", 1)
+            line, k, v = w
             self.config[line] = (k, v)
             return ""
         if text.startswith("RCONFIG"):
-            try:
-                line = int(text[7:11], 16)
-            except ValueError:
-                return False
-            if len(text) != 11 or line not in self.config:
+            line = P.parse_rconfig(text)
+            if line is None or line not in self.config:
                 return False
             k, v = self.config[line]
             return f"{k}={v}"
@@ -746,7 +740,7 @@ def load_settings(args) -> tuple[SimSettings, int]:
     cfgfile = args.file or args.config
     system_file = None
     if cfgfile:
-        kv = read_keyvalue(cfgfile)
+        kv = read_keyvalue(cfgfile, CONFIG_MIN_LINE)
         base = Path(cfgfile).resolve().parent
         for key, attr in (
             ("EXPOSE_PARAM", "expose_param"),

@@ -41,6 +41,7 @@ class KeyValueConfig:
     scalars: dict[str, str] = field(default_factory=dict)
     arrays: dict[str, dict[str, str]] = field(default_factory=dict)
     lines: list[tuple[int, str, str | None, str]] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)
 
     def get(self, key: str, default: str | None = None) -> str | None:
         return self.scalars.get(key, default)
@@ -71,12 +72,20 @@ def _unquote(value: str) -> str:
     return value
 
 
-def parse_keyvalue(text: str, source: str = "<string>") -> KeyValueConfig:
-    """Parse configuration text; raise :class:`ConfigError` on the first bad line."""
+def parse_keyvalue(text: str, source: str = "<string>", min_length: int = 0) -> KeyValueConfig:
+    """Parse configuration text; raise :class:`ConfigError` on the first bad line.
+
+    A line whose text (comment removed, whitespace trimmed) is shorter than
+    ``min_length`` characters is not an error but skipped and recorded in
+    ``skipped`` (the Archon server's original ignored lines shorter than 3).
+    """
     cfg = KeyValueConfig(source=source)
     for lineno, raw in enumerate(text.split("\n"), 1):
         line = _strip_comment(raw).strip()
         if not line:
+            continue
+        if len(line) < min_length:
+            cfg.skipped.append((lineno, line))
             continue
         if "=" not in line:
             raise ConfigError(f"{source}:{lineno}: expected KEY=VALUE, got {line[:60]!r}")
@@ -101,8 +110,8 @@ def parse_keyvalue(text: str, source: str = "<string>") -> KeyValueConfig:
     return cfg
 
 
-def read_keyvalue(path: str | Path) -> KeyValueConfig:
-    """Read and parse a configuration file (at most 1 MiB)."""
+def read_keyvalue(path: str | Path, min_length: int = 0) -> KeyValueConfig:
+    """Read and parse a configuration file (at most 1 MiB); see :func:`parse_keyvalue`."""
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -115,7 +124,7 @@ def read_keyvalue(path: str | Path) -> KeyValueConfig:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not a text file (byte {exc.start} is not UTF-8)") from None
-    return parse_keyvalue(text, str(p))
+    return parse_keyvalue(text, str(p), min_length)
 
 
 def parse_bool(value: str, key: str = "value") -> bool:

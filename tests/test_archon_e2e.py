@@ -143,6 +143,21 @@ def test_autodir_date_directory(rig):
     assert os.path.dirname(path) == str(rig.imdir)
     assert rig.blk("autodir maybe") == "ERROR"
     assert rig.blk("autodir yes") == "yes DONE"
+    # "test fitsname" shows where the next file goes, date directory included
+    assert rig.blk("fitsnaming number") == "number DONE"
+    assert rig.blk("imnum 4321") == "4321 DONE"
+    shown = rig.blk("test fitsname")
+    assert shown.endswith(" DONE")
+    rig.listener.clear()
+    assert rig.blk("expose") == "DONE"
+    path = rig.listener.wait_for("FILE:")[5:].split()[0]
+    assert shown[: -len(" DONE")] == path
+    assert os.path.basename(os.path.dirname(path)) == time.strftime("%Y%m%d", time.gmtime())
+    assert rig.blk("fitsnaming time") == "time DONE"
+    # a relative imdir is taken relative to the configuration file, not the cwd
+    assert rig.blk("imdir relative/images") == f"{rig.dir}/relative/images DONE"
+    assert (rig.dir / "relative" / "images").is_dir()
+    assert rig.blk(f"imdir {rig.imdir}") == f"{rig.imdir} DONE"
 
 
 def test_datacube_and_cubeamps(rig):
@@ -241,16 +256,23 @@ def test_arc_only_and_unknown_commands(rig):
 
 
 def test_sighup_reload(tmp_path):
-    with Rig(tmp_path, readout_ms=200, BASENAME="first") as rig:
+    with Rig(tmp_path, readout_ms=200, BASENAME="first", HDR_SHIFT=8, AMPS_AS_CUBE="true") as rig:
         assert rig.blk("basename") == "first DONE"
         assert rig.blk("basename changed") == "changed DONE"
         assert rig.blk("longerror true") == "true DONE"
-        rig.write_config(BASENAME="second")
+        assert rig.blk("hdrshift") == "8 DONE"
+        assert rig.blk("cubeamps") == "true DONE"
+        # keys removed from the file go back to their defaults, a short stray
+        # line is skipped (not a reason to reject the file)
+        rig.write_config(BASENAME="second", HDR_SHIFT=None, AMPS_AS_CUBE=None)
+        rig.cfgfile.write_text(rig.cfgfile.read_text() + "x\n")
         rig.listener.clear()
         os.kill(rig.cam.pid, signal.SIGHUP)
         assert rig.listener.wait_for("CONFIG:BASENAME=second") is not None
         assert rig.blk("basename") == "second DONE"
         assert rig.blk("longerror") == "false DONE"  # every key reset to the file's value
+        assert rig.blk("hdrshift") == "16 DONE"
+        assert rig.blk("cubeamps") == "false DONE" and rig.blk("datacube") == "false DONE"
         # an invalid file is rejected and the old configuration kept
         rig.cfgfile.write_text(rig.cfgfile.read_text() + "HDR_SHIFT=99\n")
         os.kill(rig.cam.pid, signal.SIGHUP)

@@ -77,6 +77,15 @@ def test_error_goes_to_async_port(rig):
     assert msg is not None and "whole number" in msg
 
 
+def test_test_async_message(rig):
+    rig.listener.clear()
+    assert rig.blk("test async hello there") == "DONE"
+    assert rig.listener.wait_for("TEST:") == "TEST:hello there"
+    rig.listener.clear()
+    assert rig.nb("test async") == "DONE"
+    assert rig.listener.wait_for("TEST:") == "TEST:test"
+
+
 def test_megabyte_line_and_binary_garbage(rig):
     reply = rig.blk(b"x" * (1 << 20) + b"\n")
     assert reply.startswith("ERROR command line too long")
@@ -102,6 +111,33 @@ def test_idle_nonblocking_connection_is_closed(rig):
     s.close()
     assert 2.0 < waited < 9.0
     assert rig.nb("echo ok") == "ok DONE"
+
+
+def test_trickling_nonblocking_client_is_closed(rig):
+    """The 3 s bound the whole command line, not each read (else a byte every
+    2 s would hold a thread for an hour)."""
+    s = socket.create_connection(("127.0.0.1", rig.nbport), timeout=10)
+    got = b""
+    try:
+        for ch in b"echo trickle":  # 12 bytes, 0.5 s apart: well past 3 s
+            s.sendall(bytes([ch]))
+            time.sleep(0.5)
+        s.sendall(b"\n")
+        got = s.recv(100)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        s.close()
+    assert got == b""  # closed, never answered
+    assert rig.nb("echo ok") == "ok DONE"
+
+
+def test_nonblocking_partial_line_at_eof_is_a_command(rig):
+    s = socket.create_connection(("127.0.0.1", rig.nbport), timeout=10)
+    s.sendall(b"echo no newline")
+    s.shutdown(socket.SHUT_WR)
+    assert s.recv(100) == b"no newline DONE\n"
+    s.close()
 
 
 def test_second_blocking_client_waits_its_turn(rig):

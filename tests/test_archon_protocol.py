@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from archonsrv import config as C
+from archonsrv import fitsio
 from archonsrv import protocol as P
 from common.config import ConfigError
 
@@ -54,6 +55,29 @@ def test_config_rejects(extra):
         C.parse(BASE_CFG + extra)
 
 
+@pytest.mark.parametrize("short", ["x", "}", "ab", "A=", "=", "  ;;  # c", "\t\r"])
+def test_config_short_lines_ignored_not_fatal(short, caplog):
+    # the original skipped lines shorter than 3 characters: a stray character
+    # (an editor slip, a CRLF remnant) must not stop camerad from starting
+    cfg = C.parse(BASE_CFG + short + "\nIMDIR=/data\n", "cam.cfg")
+    assert cfg.imdir == "/data" and cfg.blkport == 3031
+    if short.split("#")[0].strip():
+        assert "cam.cfg:4:" in caplog.text and "ignored" in caplog.text
+
+
+@pytest.mark.parametrize("bad", ["abc", "IMDIR /data", "LOGSTDERR"])
+def test_config_line_without_equals_names_the_line(bad):
+    with pytest.raises(ConfigError, match=r"cam\.cfg:4: expected KEY=VALUE"):
+        C.parse(BASE_CFG + bad + "\n", "cam.cfg")
+
+
+def test_config_file_with_short_line_loads(tmp_path):
+    p = tmp_path / "cam.cfg"
+    p.write_text(BASE_CFG + "x\r\n\r\nBASENAME=run\r\n")
+    cfg = C.load(p)
+    assert cfg.basename == "run"
+
+
 def test_config_requires_ports_and_logpath():
     for missing in ("BLKPORT", "NBPORT", "LOGPATH"):
         text = "".join(line + "\n" for line in BASE_CFG.split() if not line.startswith(missing))
@@ -92,6 +116,15 @@ def test_config_render_parse_roundtrip(blk, nb, shift, readout, base, longerror,
     assert cfg.default_firmware == "/etc/x/demo.acf"  # relative to the config file
 
 
+def test_config_relative_paths_follow_the_config_file():
+    # a daemon runs in /, so "relative to the working directory" would mean /images
+    cfg = C.parse(BASE_CFG + "IMDIR=images\nLOGPATH=logs\n", "/etc/cam/camerad.cfg")
+    assert (cfg.imdir, cfg.logpath) == ("/etc/cam/images", "/etc/cam/logs")
+    assert cfg.resolve("other") == "/etc/cam/other" and cfg.resolve("/abs") == "/abs"
+    with pytest.raises(ConfigError, match="IMDIR"):
+        C.parse(BASE_CFG + "IMDIR=\n")
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.text(max_size=200))
 def test_config_parser_never_crashes(text):
@@ -116,6 +149,30 @@ def test_command_roundtrip(ref, cmd):
 def test_reply_roundtrip(ref, text):
     assert P.decode_reply(P.encode_reply(ref, text)[:-1]) == P.ArchonReply(ref, True, text)
     assert P.decode_reply(P.encode_error(ref)[:-1]) == P.ArchonReply(ref, False, "")
+
+
+@given(
+    line=st.integers(0, P.MAX_CONFIG_LINES - 1),
+    key=st.from_regex(r"[A-Z][A-Z0-9_/]{0,20}", fullmatch=True),
+    value=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
+)
+def test_config_memory_commands_roundtrip(line, key, value):
+    assert P.parse_wconfig(P.wconfig_command(line, key, value)) == (line, key, value)
+    assert P.parse_rconfig(P.rconfig_command(line)) == line
+
+
+def test_config_memory_commands_reject():
+    with pytest.raises(P.ProtocolError):
+        P.wconfig_command(0x10000, "A", "1")
+    for bad in ("WCONFIG", "WCONFIG00", "WCONFIG00G0A=1", "WCONFIG0000=1", "WCONFIG0000A"):
+        assert P.parse_wconfig(bad) is None, bad
+    for bad in ("RCONFIG", "RCONFIG001", "RCONFIG00001", "RCONFIGzzzz"):
+        assert P.parse_rconfig(bad) is None, bad
+    assert P.param_entry("PARAMETER3", "Expose=0") == ("Expose", "0")
+    assert P.param_entry("PARAMETERS", "Expose=0") is None  # the count line
+    assert P.param_entry("PARAMETER3", "novalue") is None
+    assert P.parse_param_reply("PARAMETER12=exptime=1500\r") == ("exptime", "1500")
+    assert P.parse_param_reply("LINECOUNT=516") is None
 
 
 def test_reply_garbage_and_commands():
@@ -290,7 +347,7 @@ def test_user_keys():
     assert P.parse_user_key("A=-2.5e3").value == -2500.0
     assert P.parse_user_key("A=T").value is True
     assert P.parse_user_key("A=.").value is None
-    for bad in ("novalue", "=5", "A=", "A B=1", "A=\x01"):
+    for bad in ("novalue", "=5", "A=", "A B=1", "A=\x01", "A=1e999", "A=-1E400//c"):
         with pytest.raises(ValueError):
             P.parse_user_key(bad)
 
@@ -302,6 +359,17 @@ def test_user_key_parser_total(text):
     except ValueError:
         return
     assert 1 <= len(k.keyword) <= 8
+    if k.value is not None:  # an accepted key must not break the next FITS file
+        fitsio._header([(k.keyword, k.value, k.comment)]).tostring()
+
+
+@pytest.mark.parametrize("value", ["1e999", "-2.5e3", "99999999999999999999999", "x" * 68, "it's"])
+def test_accepted_user_key_goes_into_a_header(value):
+    try:
+        k = P.parse_user_key(f"K={value}//" + "c" * 60)
+    except ValueError:
+        return
+    fitsio._header([(k.keyword, k.value, k.comment)]).tostring()
 
 
 def test_fits_names():

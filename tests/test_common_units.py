@@ -35,6 +35,17 @@ def test_config_errors_name_the_line(bad):
         parse_keyvalue("OK=1\n" + bad + "\n", "cfg")
 
 
+def test_config_min_length_skips_short_lines():
+    text = "OK=1\nx\nA=\nB=22\n"
+    with pytest.raises(ConfigError, match=r"cfg:2:"):
+        parse_keyvalue(text, "cfg")  # default: every line must be KEY=VALUE
+    cfg = parse_keyvalue(text, "cfg", min_length=3)
+    assert cfg.scalars == {"OK": "1", "B": "22"}
+    assert cfg.skipped == [(2, "x"), (3, "A=")]
+    with pytest.raises(ConfigError, match=r"cfg:2:"):
+        parse_keyvalue("OK=1\nNOEQUALS\n", "cfg", min_length=3)
+
+
 keys = st.from_regex(r"[A-Z_][A-Z0-9_]{0,15}", fullmatch=True)
 values = (
     st.text(

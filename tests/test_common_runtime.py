@@ -48,14 +48,13 @@ def test_foreground_lock_second_start_and_sigterm(tmp_path, port, spawn):
 
     # a client that stays connected must not delay shutdown
     idle = socket.create_connection(("127.0.0.1", port))
-    t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
-    p.wait(5)
-    elapsed = time.monotonic() - t0
+    # the 2 s shutdown promise, with a margin for a loaded CI machine; a
+    # server that waited for the idle client would raise TimeoutExpired
+    p.wait(3)
     idle.close()
     err = p.stderr.read().decode()
     assert p.returncode == 0
-    assert elapsed < 2.0 + 1.0  # generous for a loaded CI; the log states the real figure
     assert not lock.exists()
     assert "stopped in" in err and "(0 server threads left)" in err
 

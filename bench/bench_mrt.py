@@ -197,16 +197,22 @@ def lean_fetch(sock: socket.socket, frames: int) -> float:
     return got / (time.perf_counter() - t0)
 
 
-def mrt_udp(shape, n: int, payload: int) -> tuple[float, int, float]:
-    """Best of REPEAT series fetched by ``MrTClient`` once each series is complete."""
+def mrt_udp(shape, n: int, payload: int) -> tuple[float, int, float, float]:
+    """Interleaved best of REPEAT: mr_t served to ``MrTClient``, to a minimal client
+    loop, and the bare request/reply loop, one after the other in every round.
+
+    The simulator sends 2 * REPEAT series; each is fetched once it is complete
+    (only serving is measured), alternately by ``MrTClient`` and by the minimal
+    loop, and each fetch is followed by a bare run of the same byte count.
+    """
     zp, up = procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
     server = harness.start_mrt(up, zp, "--frame-cache-bytes", "4G", "--udp-payload-size", payload)
-    sim = harness.start_sim(zp, *sim_args(shape, n), "--encoding", "raw", "--series", REPEAT,
-                            "--pause", 4.0)  # fmt: skip
-    best, nbytes, lean = 0.0, 0, 0.0
+    sim = harness.start_sim(zp, *sim_args(shape, n), "--encoding", "raw", "--series",
+                            2 * REPEAT, "--pause", 2.5)  # fmt: skip
+    best, nbytes, lean, base = 0.0, 0, 0.0, 0.0
     try:
         with harness.MrTClient(procs.LOOPBACK, up) as c:
-            for sid in range(1, REPEAT + 1):
+            for sid in range(1, 2 * REPEAT + 1):
                 deadline = time.monotonic() + 60
                 pong = None
                 while time.monotonic() < deadline:
@@ -215,26 +221,26 @@ def mrt_udp(shape, n: int, payload: int) -> tuple[float, int, float]:
                         break
                     time.sleep(0.01)
                 # let the whole series arrive: only serving is measured (and the next
-                # series, 4 s after this one, must not replace it during the fetch)
+                # series, 2.5 s after this one, must not replace it during the fetch)
                 time.sleep(0.5)
-                if sid == REPEAT:  # the last series: a minimal client, server cost only
-                    lean = lean_fetch(c.sock, pong.frame_count)
-                    continue
-                t0 = time.perf_counter()
-                data = c.fetch(pong)
-                dt = time.perf_counter() - t0
-                if data.frame_count != len(data.frames):
-                    raise RuntimeError(f"series {sid}: {len(data.frames)} of {n} frames")
-                best, nbytes = max(best, data.nbytes / dt), data.nbytes
-        return best, nbytes, lean
+                if sid % 2 == 0:  # a minimal client loop: the server's cost alone
+                    lean = max(lean, lean_fetch(c.sock, pong.frame_count))
+                else:
+                    t0 = time.perf_counter()
+                    data = c.fetch(pong)
+                    dt = time.perf_counter() - t0
+                    if data.frame_count != len(data.frames):
+                        raise RuntimeError(f"series {sid}: {len(data.frames)} of {n} frames")
+                    best, nbytes = max(best, data.nbytes / dt), data.nbytes
+                base = max(base, bare_udp(n * shape[0] * shape[1] * 2, payload))
+        return best, nbytes, lean, base
     finally:
         procs.stop(sim)
         procs.stop(server)
 
 
 def bench_udp(payload: int, n: int) -> float:
-    ours, nbytes, lean = mrt_udp(EIGER2_500K, n, payload)
-    base = max(bare_udp(nbytes, payload) for _ in range(REPEAT))
+    ours, nbytes, lean, base = mrt_udp(EIGER2_500K, n, payload)
     print(
         f"UDP serving, payload {payload} B, {nbytes / 1e6:.1f} MB: mr_t + MrTClient "
         f"{ours / 1e6:.1f} MB/s, bare request/reply {base / 1e6:.1f} MB/s, "

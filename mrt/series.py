@@ -250,10 +250,10 @@ class SeriesStore:
         return Pong(s.id, s.frame_count).encode()
 
     def on_datagram(self, data: bytes) -> tuple[list[bytes], list[Note], int]:
-        """One datagram from a client -> (replies, notes, frames evicted).
+        """One datagram from a client -> (reply datagrams, notes, frames evicted).
 
-        Each reply is a list of buffers that make one datagram (header and
-        payload separately, so that the payload is not copied).
+        A reply is one ``bytes`` (header and payload joined): on Linux one
+        ``sendto`` of a joined buffer costs less than a two-buffer ``sendmsg``.
         """
         msg = protocol.decode_request(data)
         if isinstance(msg, WireError):
@@ -261,7 +261,7 @@ class SeriesStore:
             return [], [Note(logging.WARNING, f"udp: ignored {msg.reason}")], 0
         if isinstance(msg, Ping):
             self.stats.pings += 1
-            return [[self.pong()]], [], 0
+            return [self.pong()], [], 0
         assert isinstance(msg, PacketRequest)
         return self.on_request(msg)
 
@@ -291,9 +291,9 @@ class SeriesStore:
                 payload = b""
             else:
                 payload = blob[req.start : req.start + self.payload_size]
-            out = [protocol.encode_reply_header(0, req.frame, req.start, total), payload]
+            out = protocol.encode_reply_header(0, req.frame, req.start, total) + payload
             self.stats.data_replies += 1
             self.stats.bytes_sent += len(payload)
             return [out], notes, self._evict_below(req.frame)
         evicted = self._evict_below(req.frame)
-        return [[out]], notes, evicted
+        return [out], notes, evicted

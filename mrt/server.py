@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import socket
 import socketserver
 import threading
@@ -439,7 +440,8 @@ class MrT(runtime.Service):
         self.zmq_rcvhwm = zmq_rcvhwm
         self.udp_addr = (udp_host, udp_port)
         self.endpoint = endpoint
-        self.input_h5 = input_h5
+        # absolute now: as a daemon (-d) the process works in / after the fork
+        self.input_h5 = os.path.abspath(input_h5) if input_h5 is not None else None
         self.store = SeriesStore(
             frame_limit=frame_limit,
             byte_limit=byte_limit,
@@ -447,7 +449,7 @@ class MrT(runtime.Service):
             extended_pong=extended_pong,
         )
         self.shared = Shared(self.store)
-        self.hdf5_dir = hdf5_dir
+        self.hdf5_dir = os.path.abspath(hdf5_dir) if hdf5_dir is not None else None
         self.frames_per_file = frames_per_file
         self.udp: UdpServer | None = None
         self.udp_thread: ServerThread | None = None
@@ -457,8 +459,6 @@ class MrT(runtime.Service):
         self.on_stopped: Callable[[], None] | None = None
 
     def bind(self) -> list:
-        import os
-
         if self.hdf5_dir is not None and not os.path.isdir(self.hdf5_dir):
             raise ConfigError(f"--hdf5-output {self.hdf5_dir}: not a directory")
         if self.input_h5 is not None:

@@ -236,6 +236,8 @@ class FrameFetch:
 # -- EIGER stream v1 -------------------------------------------------------------
 HEADER, IMAGE, SERIES_END = "dheader-1.0", "dimage-1.0", "dseries_end-1.0"
 DETAIL_PARTS = {"none": 1, "basic": 2, "all": 8}
+#: trigger modes in which each trigger's length is one exposure: one image per trigger
+ENABLE_TRIGGER_MODES = ("inte", "exte")
 MAX_JSON = 1 << 20
 
 
@@ -252,15 +254,20 @@ class Header:
 
     @property
     def frame_count(self) -> int:
-        """nimages x ntrigger from the config; 0 when unknown."""
+        """Images in the series from the config; 0 when unknown.
+
+        nimages x ntrigger, except in the trigger modes ``inte`` and ``exte``
+        where every trigger makes one image (its length is the exposure)."""
         if not self.config:
             return 0
         n, t = self.config.get("nimages"), self.config.get("ntrigger")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            return 0
         if t is None:
             t = 1
         if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+            return 0
+        if self.config.get("trigger_mode") in ENABLE_TRIGGER_MODES:
+            return min(t, U32_MAX)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             return 0
         return min(n * t, U32_MAX)
 

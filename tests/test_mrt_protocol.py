@@ -329,3 +329,18 @@ def test_empty_image_is_refused_not_served():
         protocol.decode_stream(protocol.encode_image(1, 1, b"\1" * 4, (2, 2), "uint8", "<"))
     )
     assert req(s, 0) == PacketReply(0, 0, 0, 4, b"\1" * 4)  # the next frame is frame 0
+
+
+@pytest.mark.parametrize(
+    "mode, nimages, ntrigger, count",
+    [("ints", 5, 3, 15), ("exts", 5, 3, 15), ("inte", 5, 3, 3), ("exte", 1, 7, 7),
+     ("exte", None, 4, 4), (None, 5, None, 5), ("inte", 5, None, 1)],
+)  # fmt: skip
+def test_frame_count_follows_the_trigger_mode(mode, nimages, ntrigger, count):
+    """ints/exts: nimages per trigger; inte/exte: one image per trigger."""
+    cfg = {"nimages": nimages, "ntrigger": ntrigger, "trigger_mode": mode}
+    h = protocol.decode_stream(protocol.encode_header(1, "basic", cfg))
+    assert h.frame_count == count
+    s = SeriesStore()
+    s.on_stream(h)
+    assert pong(s) == Pong(1, count).encode()

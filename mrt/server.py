@@ -362,10 +362,12 @@ class UdpServer(socketserver.UDPServer):
         """
         self._stopped.clear()
         self.socket.settimeout(None)
+        recvfrom, size = self.socket.recvfrom, self.max_packet_size
+        on_datagram = self.on_datagram
         try:
             while not self._stop_requested:
                 try:
-                    data, addr = self.socket.recvfrom(self.max_packet_size)
+                    data, addr = recvfrom(size)
                 except OSError as exc:
                     if self._stop_requested:
                         break
@@ -375,7 +377,7 @@ class UdpServer(socketserver.UDPServer):
                 if self._stop_requested:
                     break
                 try:
-                    self.on_datagram(data, self.socket, addr)
+                    on_datagram(data, self.socket, addr)
                 except Exception:  # noqa: BLE001 - one bad datagram must not stop serving
                     self.handle_error((data, self.socket), addr)
         finally:
@@ -403,16 +405,20 @@ class UdpServer(socketserver.UDPServer):
             replies, notes, evicted = sh.store.on_datagram(data)
             if evicted:
                 sh.room.notify_all()
-        for n in notes:
-            if n.level >= logging.WARNING:
-                sh.limiter.log("udp", n.level, f"{n.text} from {addr[0]}:{addr[1]}")
-            else:
-                log.log(n.level, "%s (from %s:%s)", n.text, addr[0], addr[1])
+        if notes:
+            self._log(notes, addr)
         for r in replies:
             try:
                 sock.sendto(r, addr)
             except OSError as exc:
                 sh.limiter.log("udp-send", logging.WARNING, f"udp: send to {addr}: {exc}")
+
+    def _log(self, notes: list[Note], addr) -> None:
+        for n in notes:
+            if n.level >= logging.WARNING:
+                self.shared.limiter.log("udp", n.level, f"{n.text} from {addr[0]}:{addr[1]}")
+            else:
+                log.log(n.level, "%s (from %s:%s)", n.text, addr[0], addr[1])
 
     def handle_error(self, request, client_address) -> None:
         log.exception("udp: error serving %s", client_address)

@@ -22,7 +22,7 @@ from mrt.protocol import (
     SeriesEnd,
     WireError,
 )
-from mrt.series import SeriesStore
+from mrt.series import NO_FRAME, SeriesStore
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -313,6 +313,7 @@ def test_store_invariants_under_any_sequence(ops):
         assert len(s.cache) <= 3
         assert s.cache_bytes == sum(len(v) for v in s.cache.values()) <= 40 + 15
         assert list(s.cache) == sorted(s.cache)
+        assert s._lowest == (min(s.cache) if s.cache else NO_FRAME)  # eviction's shortcut
 
 
 def test_empty_image_is_refused_not_served():

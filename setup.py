@@ -8,7 +8,7 @@ from setuptools import find_packages, setup
 COMMON = ["sendsockcmd = common.sendsockcmd:main"]
 
 # marserver
-MARSERVER: list[str] = []
+MARSERVER = ["marserver = marserver.cli:main", "marsim = marserver.sim:main"]
 
 # specsrv, server-hardware (specsrv/hdw)
 SPECSRV_HDW = [
@@ -21,7 +21,7 @@ SPECSRV_HDW = [
 SPECSRV = ["specsrv = specsrv.cli:main", "spec-remote = specsrv.client:main"]
 
 # archonsrv
-ARCHONSRV: list[str] = []
+ARCHONSRV = ["camerad = archonsrv.cli:main", "archonsim = archonsrv.sim:main"]
 
 # mrt
 MRT = [

@@ -52,6 +52,35 @@ class ReopenableFileHandler(logging.FileHandler):
             self.release()
 
 
+class DailyFileHandler(ReopenableFileHandler):
+    """A log file named by strftime fields (``camerad_%Y%m%d.log``): one file a day.
+
+    The name is re-evaluated at each record; when it changes (midnight in
+    UTC or local time) the old file is closed and the new one opened.
+    """
+
+    def __init__(self, pattern: str, utc: bool = False, encoding: str = "utf-8") -> None:
+        self.pattern = pattern
+        self.utc = utc
+        self._current = self._file_for_now()
+        super().__init__(self._current, mode="a", encoding=encoding)
+
+    def _file_for_now(self) -> str:
+        return time.strftime(self.pattern, time.gmtime() if self.utc else time.localtime())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = self._file_for_now()
+        if name != self._current:
+            self.acquire()
+            try:
+                self._current = name
+                self.baseFilename = os.path.abspath(name)
+                self.reopen()
+            finally:
+                self.release()
+        super().emit(record)
+
+
 def verbosity_to_level(verbose: int, base: int = logging.INFO) -> int:
     """0 -> INFO, 1 -> DEBUG, 2 or more -> TRACE (per-packet detail)."""
     if verbose <= 0:
@@ -69,7 +98,11 @@ def setup_logging(
     stderr: bool = True,
     utc: bool = False,
 ) -> None:
-    """Configure the root logger.  Safe to call again (after a fork)."""
+    """Configure the root logger.  Safe to call again (after a fork).
+
+    A ``logfile`` containing ``%`` is a strftime pattern (``%Y%m%d``): the
+    log then starts a new file each day (:class:`DailyFileHandler`).
+    """
     root = logging.getLogger()
     for h in list(_handlers):
         root.removeHandler(h)
@@ -85,7 +118,11 @@ def setup_logging(
     if logfile:
         d = os.path.dirname(os.path.abspath(logfile))
         os.makedirs(d, exist_ok=True)
-        fh = ReopenableFileHandler(logfile, mode="a", encoding="utf-8")
+        if "%" in logfile:
+            # a strftime pattern: a new file each day
+            fh: logging.Handler = DailyFileHandler(logfile, utc=utc)
+        else:
+            fh = ReopenableFileHandler(logfile, mode="a", encoding="utf-8")
         _handlers.append(fh)
     if stderr or not logfile:
         sh = logging.StreamHandler(sys.stderr)

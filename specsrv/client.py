@@ -545,7 +545,11 @@ class SpecConnection:
         """SV_FUNC_WITH_RETURN: ``name`` and its arguments separated by NULs."""
         parts = [name] + [_func_arg(a) for a in args]
         data = b"".join(P.encode_text(p) for p in parts)
-        cmd = Cmd.FUNC_WITH_RETURN if self.server_version >= 3 else Cmd.CMD_WITH_RETURN
+        cmd = (
+            Cmd.FUNC_WITH_RETURN
+            if self.server_version >= P.FUNC_MIN_VERSION
+            else Cmd.CMD_WITH_RETURN
+        )
         if cmd == Cmd.CMD_WITH_RETURN:
             data = P.encode_text(f"{name}({', '.join(parts[1:])})")
         reply = self.request(Packet(cmd=cmd, data=data), timeout, abort_on_timeout=True)

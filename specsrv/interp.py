@@ -853,10 +853,14 @@ class Interp:
                 self._cache.popitem(last=False)
         return tree
 
-    def run(self, src: str):
-        """Run command text; return (value, output) or raise SpecError."""
-        self.abort_event.clear()
-        self.pending_error = None
+    def run(self, src: str, clear_abort: bool = True):
+        """Run command text; return (value, output) or raise SpecError.
+
+        With ``clear_abort=False`` a ^C that arrived before the start (see
+        :meth:`clear_abort`) aborts this command at its first check.
+        """
+        if clear_abort:
+            self.clear_abort()
         self.out = []
         self.out_size = 0
         self.last_value = None
@@ -874,6 +878,11 @@ class Interp:
         out = "".join(self.out)
         self.out = None
         return self.last_value, out
+
+    def clear_abort(self) -> None:
+        """Forget a ^C that no command has seen yet."""
+        self.abort_event.clear()
+        self.pending_error = None
 
     def abort(self, message: str | None = None) -> None:
         """^C: stop the running command, the motors and the counters."""

@@ -162,6 +162,11 @@ class ErrorValue:
 # -- headers ----------------------------------------------------------------
 
 
+def reply_version(client_vers: int | None) -> int:
+    """Header version of everything sent to a client: min(its version, 4)."""
+    return min(max(client_vers or SV_VERSION, 2), SV_VERSION)
+
+
 def header_version(vers: int) -> int:
     """Header layout used for a client's ``vers`` (v4 layout for newer ones)."""
     if vers <= 2:
@@ -260,6 +265,8 @@ def decode_header(buf: bytes, order: str) -> tuple[Packet, int, str | None]:
         order=order,
     )
     problem = None if nul >= 0 else "property name without terminating NUL"
+    if v[6] == Cmd.HELLO:
+        problem = None  # HELLO's name is a debug text the server ignores
     return pkt, v[10], problem
 
 
@@ -636,6 +643,49 @@ def split_func(data: bytes) -> list[str]:
     while body.endswith(b"\0"):
         body = body[:-1]
     return [p.decode("utf-8", "replace") for p in body.split(b"\0")] if body else []
+
+
+def func_command(data: bytes, is_function) -> str:
+    """SV_FUNC data as one command line.
+
+    One item (``1+1``, ``mymac('tth', 3)``) is the command itself; a name
+    with arguments becomes ``name(a, b)`` when ``is_function(name)``, else the
+    command form ``name a b`` (the server adds "parentheses, commas or space
+    characters, as needed").
+    """
+    items = split_func(data)
+    if len(items) <= 1:
+        return items[0] if items else ""
+    name, args = items[0], items[1:]
+    if is_function(name):
+        return f"{name}({', '.join(args)})"
+    return " ".join([name, *args])
+
+
+#: the first header version with SV_FUNC and SV_FUNC_WITH_RETURN (codes 9 and
+#: 10 were SV_HDW and SV_ACK in version 2): older servers get the command
+#: text through SV_CMD_WITH_RETURN instead
+FUNC_MIN_VERSION = 3
+
+#: client requests always answered by an SV_REPLY with the request's sn
+REPLIED_REQUESTS = frozenset({Cmd.CMD_WITH_RETURN, Cmd.FUNC_WITH_RETURN, Cmd.CHAN_READ})
+#: client requests that get no reply (failures go to the log, or to the
+#: ``error`` property for REGISTER)
+UNANSWERED_REQUESTS = frozenset(
+    {Cmd.CMD, Cmd.FUNC, Cmd.REGISTER, Cmd.UNREGISTER, Cmd.CLOSE, Cmd.ABORT}
+)
+
+
+def error_reply_due(pkt: Packet) -> bool:
+    """Whether a request the server cannot serve is answered with SV_ERROR.
+
+    Requests that get a reply anyway, a refused SV_CHAN_SEND (with the sn it
+    came with, usually 0), and any other packet (unknown code, a server-only
+    code) that carries a serial number the client may be waiting on.
+    """
+    if pkt.cmd in REPLIED_REQUESTS or pkt.cmd == Cmd.CHAN_SEND:
+        return True
+    return pkt.cmd not in UNANSWERED_REQUESTS and pkt.sn != 0
 
 
 # -- debug formatting ----------------------------------------------------------

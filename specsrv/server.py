@@ -12,6 +12,7 @@ order of its first packet and ``min(its version, 4)``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import socket
 import threading
@@ -33,6 +34,10 @@ log = logging.getLogger("specsrv")
 dlog = logging.getLogger("specsrv.debug")
 
 MAX_PENDING_PER_CLIENT = 256
+#: commands in the queue from all clients together (also those of clients gone)
+MAX_QUEUE = 4096
+#: command text one client may have waiting in the queue (beyond its first command)
+MAX_PENDING_BYTES_PER_CLIENT = 16 << 20
 MAX_REGISTRATIONS_PER_CLIENT = 10000
 MAX_OUT_PACKETS = 20000
 MAX_OUT_BYTES = 256 << 20
@@ -90,10 +95,6 @@ def wire_value(v):
     if isinstance(v, float | int):
         return _num(v)
     return v
-
-
-def element_prop(name: str, key: str) -> str:
-    return f"var/{name}" + "".join(f"[{k}]" for k in key.split(P.ASSOC_SEP))
 
 
 def parse_var_prop(rest: str) -> tuple[str, str | None]:
@@ -197,26 +198,36 @@ class SpecServer:
             watched = [p for p in self.registry if p == base or p.startswith(base + "[")]
         if not watched:
             return
+        # element registrations by the key they name (``var/x[1]``, ``var/x["1"]``)
+        keyed = {p: parse_var_prop(p[4:])[1] for p in watched if p != base}
         with self.interp.lock:
             value = self.interp.globals.get(name)
             if key is None:
                 whole = wire_value(value) if value is not None else ""
                 elements = {
-                    p: wire_value(value.get(parse_var_prop(p[4:])[1], ""))
-                    for p in watched
-                    if p != base and isinstance(value, Assoc)
+                    p: wire_value(value.get(k, ""))
+                    for p, k in keyed.items()
+                    if isinstance(value, Assoc)
                 }
             else:
                 elem = value.get(key, "") if isinstance(value, Assoc) else ""
                 whole = {key: wire_value(elem)}
-                elements = {element_prop(name, key): wire_value(elem)}
-        if isinstance(whole, np.ndarray):
-            return  # data arrays cannot be watched
-        if base in watched:
-            self.emit(base, whole, flags)
-        for p, v in elements.items():
-            if p in watched:
+                elements = {p: wire_value(elem) for p, k in keyed.items() if k == key}
+            if isinstance(whole, np.ndarray):
+                return  # data arrays cannot be watched
+            # still under the lock: see event_lock()
+            if base in watched:
+                self.emit(base, whole, flags)
+            for p, v in elements.items():
                 self.emit(p, v, flags)
+
+    def event_lock(self, prop: str):
+        """The lock held while events of ``prop`` are produced (or a no-op)."""
+        if prop.startswith(("motor/", "scaler/")):
+            return self.hw.lock
+        if prop.startswith("var/"):
+            return self.interp.lock
+        return contextlib.nullcontext()
 
     def _on_output(self, file: str, text: str) -> None:
         self.emit(f"output/{file}", text)
@@ -320,7 +331,10 @@ class SpecServer:
                 return True, False
             return parts[2] in MOTOR_VALUE_PROPS, True
         if head == "var" and len(parts) >= 2:
-            name, _ = parse_var_prop(prop[4:])
+            try:
+                name, _ = parse_var_prop(prop[4:])
+            except PropError:
+                return False, False
             v = self.interp.lookup(name)
             if isinstance(v, DataArray):
                 return False, False
@@ -342,8 +356,10 @@ class SpecServer:
         value = self._decode(pkt)
         text = value if isinstance(value, str) else format_value(value)
         if prop == "scaler/.all./count":
-            if is_numeric(text) and to_num(text) != 0:
-                self.push(client, f"count_em {text}\n")
+            if text.strip() and not is_numeric(text):
+                raise PropError(f"count needs a number: {text[:40]!r}")
+            if text.strip() and to_num(text) != 0:
+                self.push(client, f"count_em {text.strip()}\n")
             else:
                 self.interp.abort()
             return
@@ -451,9 +467,14 @@ class SpecServer:
     # -- command queue ------------------------------------------------------------
     def push(self, client: ClientHandler | None, text: str, sn: int = 0, reply: bool = False):
         with self.queue_cv:
+            if len(self.queue) >= MAX_QUEUE:
+                raise PropError("The command queue is full.")
             if client is not None:
-                mine = sum(1 for j in self.queue if j.client is client)
-                if mine >= MAX_PENDING_PER_CLIENT:
+                mine = [j for j in self.queue if j.client is client]
+                waiting = sum(len(j.text) for j in mine)
+                if len(mine) >= MAX_PENDING_PER_CLIENT or (
+                    mine and waiting + len(text) > MAX_PENDING_BYTES_PER_CLIENT
+                ):
                     raise PropError("Too many commands waiting in the queue for this client.")
             self.queue.append(Job(client, sn, text, reply))
             self.queue_cv.notify()
@@ -473,10 +494,12 @@ class SpecServer:
         self.interp.abort()
 
     def forget(self, client: ClientHandler) -> None:
+        """A client has gone: its queued commands still run (a remote_cmd or
+        start_one followed by SV_CLOSE is not lost), without replies."""
         with self.queue_cv:
-            kept = [j for j in self.queue if j.client is not client]
-            self.queue.clear()
-            self.queue.extend(kept)
+            for j in self.queue:
+                if j.client is client:
+                    j.client = None
             if self.current is not None and self.current.client is client:
                 self.current.cancelled = True
         with self.reg_lock:
@@ -486,16 +509,29 @@ class SpecServer:
                     del self.registry[prop]
             self.clients.discard(client)
 
+    def next_job(self, timeout: float = 0.5) -> Job | None:
+        """Take the next command off the queue (None after ``timeout`` or stop).
+
+        A ^C that came while nothing ran is forgotten here, under the queue
+        lock: an SV_ABORT (or abort_all) that arrives from now on, even before
+        the interpreter starts on the job, interrupts this job.
+        """
+        with self.queue_cv:
+            if not self.queue and not self._stop.is_set():
+                self.queue_cv.wait(timeout)
+            if self._stop.is_set() or not self.queue:
+                return None
+            job = self.queue.popleft()
+            self.current = job
+            self.busy = True
+            self.interp.clear_abort()
+            return job
+
     def _command_loop(self) -> None:
         while not self._stop.is_set():
-            with self.queue_cv:
-                while not self.queue and not self._stop.is_set():
-                    self.queue_cv.wait(0.5)
-                if self._stop.is_set():
-                    return
-                job = self.queue.popleft()
-                self.current = job
-                self.busy = True
+            job = self.next_job()
+            if job is None:
+                continue
             self.set_ready(False)
             try:
                 self._run_job(job)
@@ -510,7 +546,7 @@ class SpecServer:
     def _run_job(self, job: Job) -> None:
         log.debug("command: %r", job.text[:200])
         try:
-            value, output = self.interp.run(job.text)
+            value, output = self.interp.run(job.text, clear_abort=False)
             result = wire_value(value) if value is not None else output
         except SpecError as exc:
             msg = str(exc)
@@ -705,7 +741,7 @@ class ClientHandler:
                 for item in items:
                     if first and decoder.order is not None:
                         self.order = decoder.order
-                        self.vers = min(max(decoder.version or 4, 2), P.SV_VERSION)
+                        self.vers = P.reply_version(decoder.version)
                         first = False
                     if isinstance(item, P.ProtocolError):
                         if not self._protocol_error(item):
@@ -725,10 +761,7 @@ class ClientHandler:
             log.warning("%s: protocol error, closing the connection: %s", self.peer, exc)
             return False
         log.warning("%s: bad packet (%s, sn %d): %s", self.peer, pkt.cmd_name, pkt.sn, exc)
-        if pkt.cmd in (Cmd.CMD_WITH_RETURN, Cmd.FUNC_WITH_RETURN, Cmd.CHAN_READ, Cmd.CHAN_SEND) or (
-            pkt.cmd not in (Cmd.CMD, Cmd.FUNC, Cmd.REGISTER, Cmd.UNREGISTER, Cmd.CLOSE, Cmd.ABORT)
-            and pkt.sn
-        ):
+        if P.error_reply_due(pkt):
             self.error_reply(pkt.sn, str(exc), name=pkt.name, err=2)
         return True
 
@@ -795,7 +828,7 @@ class ClientHandler:
         else:
             # RETURN, and server-to-client codes sent by a confused client
             log.info("%s: ignoring %s from a client", self.peer, pkt.cmd_name)
-            if pkt.sn:
+            if P.error_reply_due(pkt):
                 self.error_reply(pkt.sn, f"{pkt.cmd_name} is not a client request", err=2)
         return True
 
@@ -803,18 +836,12 @@ class ClientHandler:
         if pkt.type not in (Type.STRING, Type.DOUBLE) and pkt.data:
             return None
         if pkt.cmd in (Cmd.FUNC, Cmd.FUNC_WITH_RETURN):
-            items = P.split_func(pkt.data)
-            if not items:
-                return ""
-            if len(items) == 1:
-                return items[0]
-            name, args = items[0], items[1:]
-            srv = self.server
-            params = srv.interp.macros.get(name, (None, ""))[0]
-            is_function = name in srv.interp.functions or params is not None
-            if is_function:
-                return f"{name}({', '.join(args)})"
-            return " ".join([name, *args])
+            interp = self.server.interp
+
+            def is_function(name: str) -> bool:
+                return name in interp.functions or interp.macros.get(name, (None,))[0] is not None
+
+            return P.func_command(pkt.data, is_function)
         return pkt.text()
 
     def _register(self, prop: str) -> None:
@@ -841,7 +868,12 @@ class ClientHandler:
             return
         if prop == "error":
             value = "No error"
-        else:
+            self.send_packet(P.make_packet(Cmd.EVENT, value, name=prop, order=self.order))
+            return
+        # Read and queue the initial event under the lock its events are sent
+        # under, so an event of a change that happens meanwhile (a move that
+        # starts) cannot come before an initial event with the older value.
+        with srv.event_lock(prop):
             try:
                 value = srv.read_property(prop)
             except PropError as exc:
@@ -852,7 +884,7 @@ class ClientHandler:
                         P.make_packet(Cmd.EVENT, str(exc), name="error", order=self.order)
                     )
                 return
-        self.send_packet(P.make_packet(Cmd.EVENT, value, name=prop, order=self.order))
+            self.send_packet(P.make_packet(Cmd.EVENT, value, name=prop, order=self.order))
 
 
 class _Handler:

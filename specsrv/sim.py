@@ -160,6 +160,8 @@ def parse_config(text: str, source: str = "<string>") -> SimConfig:
                 val = conv(v)
             except ValueError:
                 raise ConfigError(f"{where}: bad value for {k}: {v!r}") from None
+            if conv is float and math.isnan(val):
+                raise ConfigError(f"{where}: bad value for {k}: {v!r}")
             if kind == "motor" and k in OPTIONAL_PARAMS:
                 params[k] = val
             else:
@@ -178,6 +180,8 @@ def parse_config(text: str, source: str = "<string>") -> SimConfig:
             cfg.motors.append(m)
         else:
             c = CounterConfig(mne=mne, **values)
+            if not (0 <= c.rate < math.inf) or not math.isfinite(c.scale):
+                raise ConfigError(f"{where}: counter rate must be a finite number >= 0")
             if c.type not in COUNTER_KINDS:
                 raise ConfigError(
                     f"{where}: counter type must be one of {', '.join(COUNTER_KINDS)}"

@@ -269,6 +269,9 @@ def test_profile_is_trapezoidal_and_exact_at_the_end():
         ("motor a colour=red\n", "unknown motor key"),
         ("counter c type=laser\n", "counter type"),
         ('motor a name="unterminated\n', "No closing quotation"),
+        ("motor a low=nan\n", "bad value for low"),
+        ("counter c rate=-5\n", "counter rate"),
+        ("counter c rate=inf\n", "counter rate"),
     ],
 )
 def test_config_errors(text, msg):

@@ -307,3 +307,52 @@ def test_bulk_receive_of_a_large_data_section():
     # the decoder is ready for the next packet
     (nxt,) = d.feed(P.encode_packet(Packet(cmd=Cmd.HELLO, sn=4), P.BIG))
     assert nxt.sn == 4
+
+
+def test_func_command_shapes():
+    def is_fn(name):
+        return name in ("mymac", "sqrt")
+
+    assert P.func_command(b"1+1\0", is_fn) == "1+1"
+    assert P.func_command(b"mymac('tth', 3)\0", is_fn) == "mymac('tth', 3)"
+    assert P.func_command(b"mymac\0'tth'\x003\x001.5\0", is_fn) == "mymac('tth', 3, 1.5)"
+    assert P.func_command(b"mv\0tth\x001\0", is_fn) == "mv tth 1"
+    assert P.func_command(b"", is_fn) == ""
+
+
+@pytest.mark.parametrize(
+    "cmd, sn, due",
+    [
+        (Cmd.CMD_WITH_RETURN, 5, True),
+        (Cmd.FUNC_WITH_RETURN, 0, True),
+        (Cmd.CHAN_READ, 9, True),
+        (Cmd.CHAN_SEND, 0, True),
+        (Cmd.CMD, 4, False),
+        (Cmd.FUNC, 4, False),
+        (Cmd.REGISTER, 4, False),
+        (Cmd.UNREGISTER, 0, False),
+        (Cmd.ABORT, 3, False),
+        (Cmd.CLOSE, 3, False),
+        (Cmd.EVENT, 0, False),
+        (Cmd.REPLY, 8, True),
+        (99, 0, False),
+        (99, 2, True),
+    ],
+)
+def test_which_bad_requests_get_an_error_reply(cmd, sn, due):
+    assert P.error_reply_due(Packet(cmd=cmd, sn=sn)) is due
+
+
+def test_hello_name_without_nul_is_not_a_problem():
+    raw = bytearray(P.encode_packet(Packet(cmd=Cmd.HELLO, sn=3)))
+    raw[52:132] = b"d" * 80
+    (pkt,) = P.Decoder().feed(bytes(raw))
+    assert isinstance(pkt, Packet) and pkt.cmd == Cmd.HELLO and pkt.sn == 3
+    raw[24:28] = struct.pack("<i", Cmd.CHAN_READ)
+    (err,) = P.Decoder().feed(bytes(raw))
+    assert isinstance(err, P.ProtocolError) and not err.fatal
+
+
+@pytest.mark.parametrize("client, reply", [(2, 2), (3, 3), (4, 4), (5, 4), (17, 4), (None, 4)])
+def test_reply_version_is_min_of_client_and_4(client, reply):
+    assert P.reply_version(client) == reply

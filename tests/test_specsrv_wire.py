@@ -659,6 +659,60 @@ def test_random_packets_never_take_the_server_down(server):
     good.close()
 
 
+def test_malformed_element_registration_is_an_error_event_not_a_crash(server):
+    port, _ = server
+    c = Raw(port)
+    c.send(REGISTER, name="error")
+    assert text(c.expect(EVENT, "error")) == "No error"
+    c.send(REGISTER, name="var/wire_bad[1")
+    assert "var/wire_bad[1" in text(c.expect(EVENT, "error"))
+    c.send(HELLO, sn=8)  # the same connection still works
+    assert c.expect(HELLO_REPLY, sn=8)["name"] == NAME
+    c.close()
+
+
+def test_element_registered_with_a_quoted_key_gets_events(server):
+    port, _ = server
+    c = Raw(port)
+    c.eval('wire_q["k"] = 1', sn=1)
+    c.send(REGISTER, name='var/wire_q["k"]')
+    assert text(c.expect(EVENT, 'var/wire_q["k"]')) == "1"
+    _, seen = c.eval_events('wire_q["k"] = 5', sn=2)
+    assert [(h["name"], text(h)) for h in seen] == [('var/wire_q["k"]', "5")]
+    c.close()
+
+
+def test_hello_with_a_full_debug_name_is_answered(server):
+    port, _ = server
+    c = Raw(port, ">", 3)
+    raw = bytearray(c.pack(HELLO, sn=12))
+    raw[48:128] = b"spec client debugging text " * 2 + b"x" * 26  # 80 bytes, no NUL
+    c.sock.sendall(bytes(raw))
+    h = c.expect(HELLO_REPLY, sn=12)
+    assert h["name"] == NAME and text(h) == NAME
+    c.close()
+
+
+def test_commands_queued_by_a_client_that_closes_still_run(server):
+    port, _ = server
+    a = Raw(port)
+    a.send(CMD_WITH_RETURN, sn=1, data=b"sleep(0.4)\0")  # keeps the command thread busy
+    time.sleep(0.1)
+    b = Raw(port)
+    b.send(CMD, data=b"wire_kept = 5\0")
+    b.send(CHAN_SEND, name="motor/m1/start_one", data=b"0.25\0")
+    b.send(CLOSE)
+    b.close()
+    a.expect(REPLY, sn=1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and text(a.read("motor/m1/position")) != "0.25":
+        time.sleep(0.05)
+    assert text(a.read("motor/m1/position")) == "0.25"
+    assert text(a.read("var/wire_kept")) == "5"
+    a.eval("mv m1 0; waitmove", sn=2)
+    a.close()
+
+
 def test_zz_no_tracebacks_in_the_server_log(server):
     """Runs last in this module: nothing above made a handler or thread crash."""
     port, log = server

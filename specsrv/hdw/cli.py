@@ -11,9 +11,7 @@ them, with the lock file ``/tmp/NAME-PORT.lock`` and the daemon log file
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
 import os
 import sys
 
@@ -26,17 +24,6 @@ from .server import HdwService
 
 #: ``-v LEVEL`` of the seed (no ``-v``: no logging but warnings and errors)
 LOG_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: TRACE, 4: 1}
-
-
-def positive_float(text: str) -> float:
-    """argparse type for a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0: {text}")
-    return value
 
 
 def server_name(default: str, argv0: str | None = None) -> str:

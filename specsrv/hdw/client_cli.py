@@ -15,9 +15,10 @@ import sys
 import numpy as np
 
 from common import cli
+from common.cli import positive_float
 
 from . import protocol as P
-from .cli import add_port_option, positive_float
+from .cli import add_port_option
 from .client import Client, ConnectionClosed, HdwError
 
 EXIT_ERROR = 1

@@ -16,8 +16,9 @@ import sys
 import numpy as np
 
 from common import cli
+from common.cli import positive_float
 
-from .cli import positive_float, serve
+from .cli import serve
 from .device import DataBlock, DeviceError, McaDevice
 from .simbase import SimDevice, positive_number, to_type
 

@@ -1,0 +1,280 @@
+"""FITS output of camerad, written with astropy, atomically.
+
+Every file is written under a hidden temporary name in its final directory,
+flushed to disk, then linked to its final name (never replacing an existing
+file) and the temporary name removed.  A reader therefore sees either no
+file or the complete file, and a failed write (full disk, directory gone)
+leaves nothing behind.  Unsigned 16-bit pixels are stored as BITPIX 16 with
+BZERO 32768; 32-bit HDR pixels right-shifted by HDRSHIFT as BITPIX 32 with
+BZERO 2147483648, so the values read back are exactly the unsigned ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import queue
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
+
+from . import protocol as P
+
+log = logging.getLogger("camerad.fits")
+
+Card = tuple[str, object, str]
+
+
+class FitsWriteError(Exception):
+    pass
+
+
+def _header(cards: list[Card]) -> fits.Header:
+    hdr = fits.Header()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)
+        for key, value, comment in cards:
+            if value is None:
+                continue
+            hdr[key] = (value, comment[:47] if comment else "")
+    return hdr
+
+
+def pixels(data: np.ndarray, bitpix: int, hdrshift: int) -> np.ndarray:
+    """What goes into the file: uint16 as is, uint32 shifted right by hdrshift."""
+    if bitpix == 16:
+        return data.astype(np.uint16, copy=False)
+    return (data.astype(np.uint32, copy=False) >> np.uint32(hdrshift)).astype(np.uint32)
+
+
+def unique_name(directory: Path, name: str) -> Path:
+    """``name``, or ``stem-1.fits``, ``stem-2.fits``... if it exists."""
+    path = directory / name
+    n = 0
+    while path.exists():
+        n += 1
+        path = directory / P.with_counter(name, n)
+        if n > 9999:
+            raise FitsWriteError(f"too many files named like {name} in {directory}")
+    return path
+
+
+def _date_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+
+
+class AtomicFits:
+    """A FITS file being written: HDUs appended to a temp file, then committed."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.directory = Path(directory)
+        self.name = name
+        self.tmp = self.directory / f".{name}.{os.getpid()}.{id(self):x}.part"
+        self._fh = None
+        self.final: Path | None = None
+        self.nhdu = 0
+        try:
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._fh = os.fdopen(fd, "wb")
+        except OSError as exc:
+            raise FitsWriteError(f"cannot create {self.tmp}: {exc.strerror}") from None
+
+    def _guard(self, what, *args, **kw) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AstropyWarning)
+                what(*args, **kw)
+        except OSError as exc:
+            self.discard()
+            raise FitsWriteError(f"cannot write {self.tmp.name}: {exc.strerror or exc}") from None
+        except Exception as exc:
+            self.discard()
+            raise FitsWriteError(f"cannot write {self.tmp.name}: {exc}") from exc
+        self.nhdu += 1
+
+    def primary(self, data: np.ndarray | None, cards: list[Card]) -> None:
+        hdr = _header(cards + [("DATE", _date_now(), "file write time (UTC)")])
+        hdul = fits.HDUList([fits.PrimaryHDU(data=data, header=hdr)])
+        self._guard(hdul.writeto, self._fh)
+        try:
+            self._fh.flush()
+        except OSError as exc:
+            self.discard()
+            raise FitsWriteError(f"cannot write {self.tmp.name}: {exc.strerror or exc}") from None
+
+    def extension(self, data: np.ndarray, cards: list[Card]) -> None:
+        self._guard(fits.append, str(self.tmp), data, header=_header(cards))
+
+    def stream_image(
+        self, width: int, height: int, bitpix: int, hdrshift: int, cards: list[Card]
+    ) -> StreamedImage:
+        """Start a primary image whose pixels arrive later, block by block."""
+        return StreamedImage(self, width, height, bitpix, hdrshift, cards)
+
+    def commit(self) -> Path:
+        """fsync, link to a unique final name, remove the temp name."""
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+        except OSError as exc:
+            self.discard()
+            raise FitsWriteError(f"cannot write {self.tmp.name}: {exc.strerror or exc}") from None
+        for _ in range(100):
+            final = unique_name(self.directory, self.name)
+            try:
+                os.link(self.tmp, final)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    os.replace(self.tmp, final)
+                    self.final = final
+                    return final
+                self.discard()
+                raise FitsWriteError(f"cannot create {final}: {exc.strerror}") from None
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+            self.final = final
+            with contextlib.suppress(OSError):
+                dfd = os.open(self.directory, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+            return final
+        self.discard()
+        raise FitsWriteError(f"cannot find a free file name for {self.name}")
+
+    def discard(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+
+
+class StreamedImage:
+    """A primary HDU written while its pixels arrive from a FETCH.
+
+    The header goes out first; :meth:`feed` takes the data parts of FETCH
+    blocks (k x 1024 bytes, little-endian pixels), converts them to FITS
+    (big-endian, BZERO offset) and appends them; :meth:`finish` pads the
+    data to a whole FITS block.  The result is the same file that
+    :meth:`AtomicFits.primary` writes from a whole array.
+    """
+
+    def __init__(self, f: AtomicFits, width: int, height: int, bitpix: int, hdrshift: int, cards):
+        self.f = f
+        self.bitpix = bitpix
+        self.hdrshift = hdrshift
+        self.left = width * height  # pixels still to come
+        self.nbytes = 0
+        dtype = np.uint16 if bitpix == 16 else np.uint32
+        bzero = 32768 if bitpix == 16 else 2147483648
+        hdr = fits.Header()
+        hdr["SIMPLE"] = (True, "conforms to FITS standard")
+        hdr["BITPIX"] = (bitpix, "array data type")
+        hdr["NAXIS"] = (2, "number of array dimensions")
+        hdr["NAXIS1"] = width
+        hdr["NAXIS2"] = height
+        hdr["EXTEND"] = True
+        full = _header(cards + [("DATE", _date_now(), "file write time (UTC)")])
+        for card in full.cards:
+            if card.keyword not in hdr:
+                hdr.append(card)
+        hdr["BSCALE"] = 1
+        hdr["BZERO"] = bzero
+        self._flip = dtype(bzero)
+        self._flip_swapped = dtype(0x80)  # bzero's top bit as seen through a swapped view
+        self._q: queue.Queue = queue.Queue(maxsize=1024)
+        self._worker: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._dtype = dtype
+        self._write(hdr.tostring().encode("ascii"))
+
+    def _write(self, data) -> None:
+        try:
+            self.f._fh.write(data)
+        except OSError as exc:
+            self.f.discard()
+            raise FitsWriteError(f"cannot write {self.f.tmp.name}: {exc.strerror or exc}") from None
+        except ValueError as exc:  # file already discarded
+            raise FitsWriteError(f"cannot write {self.f.tmp.name}: {exc}") from None
+
+    # -- a writer thread converts and writes while the caller keeps receiving --
+    def _ensure_worker(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="fits-writer", daemon=True)
+            self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            rows = self._q.get()
+            if rows is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                self._convert_write(rows)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                self._error = exc
+
+    def feed(self, rows: np.ndarray) -> None:
+        """Queue the data parts of verified blocks (views stay valid until finish)."""
+        if self._error is not None:
+            raise self._error
+        if not len(rows):
+            return
+        self._ensure_worker()
+        self._q.put(rows)
+
+    def _join(self) -> None:
+        if self._worker is not None:
+            self._q.put(None)
+            self._worker.join()
+            self._worker = None
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        try:
+            self._join()
+        except BaseException:  # noqa: BLE001 - the file is discarded anyway
+            pass
+        self.f.discard()
+
+    def _convert_write(self, rows: np.ndarray) -> None:
+        if self.left <= 0:
+            return
+        little = "<u2" if self.bitpix == 16 else "<u4"
+        src = rows.view(little)  # (k, n), rows strided
+        if self.bitpix == 32 and self.hdrshift:
+            px = src >> self._dtype(self.hdrshift)
+            px ^= self._flip
+            px = px.reshape(-1)[: self.left]
+            px.byteswap(inplace=True)
+        else:
+            # one pass to big-endian, then flip the sign bit (in the first byte)
+            px = src.astype(">u2" if self.bitpix == 16 else ">u4").reshape(-1)[: self.left]
+            px.view(little)[...] ^= self._flip_swapped
+        self._write(memoryview(px))
+        self.left -= len(px)
+        self.nbytes += px.nbytes
+
+    def finish(self) -> Path:
+        self._join()
+        if self.left:
+            self.f.discard()
+            raise FitsWriteError(f"image short by {self.left} pixels")
+        pad = -self.nbytes % 2880
+        if pad:
+            self._write(bytes(pad))
+        return self.f.commit()

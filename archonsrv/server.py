@@ -1,0 +1,315 @@
+"""camerad's socket layer: blocking port, non-blocking port, async multicast.
+
+* BLKPORT: one client at a time (up to 7 more wait their turn, further ones
+  are closed with a log line), kept open, telnet-friendly; one command at a time, and
+  lines that arrive while a command runs are discarded, as the original
+  documents.
+* NBPORT: one command per connection, a thread each, the reply, then close;
+  a connection that sends no complete line within 3 s is closed.
+* ASYNCPORT/ASYNCGROUP: ``TAG:message`` datagrams, never blocking the
+  sender; multicast (TTL 2, loopback on) or, for a unicast ASYNCGROUP
+  address, plain UDP to that address.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+import socketserver
+import threading
+
+from common import runtime
+from common.framing import LineBuffer, OverlongLine
+from common.server import ConnectionClosed, LineHandler, ThreadedTCPServer
+
+from . import config as C
+from . import protocol as P
+from .camera import Camera
+
+log = logging.getLogger("camerad")
+
+NB_TIMEOUT = 3.0
+NB_MAX_CONNECTIONS = 64
+BLK_MAX_WAITING = 7
+
+
+class AsyncSender:
+    """Send ``TAG:message`` datagrams to ASYNCGROUP:ASYNCPORT; thread-safe, non-blocking."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sock: socket.socket | None = None
+        self.dest: tuple[str, int] | None = None
+        self.sent = 0
+        self.dropped = 0
+        self._warned: set[int] = set()
+
+    def configure(self, cfg: C.CameraConfig) -> None:
+        with self.lock:
+            self._close()
+            if not cfg.async_enabled:
+                log.info("async port disabled")
+                return
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            group = ipaddress.IPv4Address(cfg.asyncgroup)
+            if group.is_multicast:
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 2)
+                s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+                if cfg.asyncif:
+                    s.setsockopt(
+                        socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(cfg.asyncif)
+                    )
+            self.sock = s
+            self.dest = (cfg.asyncgroup, cfg.asyncport)
+            self._warned.clear()
+            log.info(
+                "async messages to %s:%d (%s%s)",
+                cfg.asyncgroup,
+                cfg.asyncport,
+                "multicast" if group.is_multicast else "unicast",
+                f" via {cfg.asyncif}" if cfg.asyncif else "",
+            )
+
+    def _close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+        self.dest = None
+
+    def close(self) -> None:
+        with self.lock:
+            self._close()
+
+    def send(self, tag: str, message: str) -> None:
+        data = P.async_message(tag, message)
+        log.debug("async %s", data[:200].decode("ascii", "replace"))
+        with self.lock:
+            if self.sock is None or self.dest is None:
+                return
+            try:
+                self.sock.sendto(data, self.dest)
+                self.sent += 1
+            except OSError as exc:
+                self.dropped += 1
+                if exc.errno in (errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.EHOSTUNREACH):
+                    # no route for multicast: fall back to the loopback interface so
+                    # that listeners on this host still get the messages
+                    try:
+                        self.sock.setsockopt(
+                            socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1")
+                        )
+                        self.sock.sendto(data, self.dest)
+                        self.sent += 1
+                        self.dropped -= 1
+                        if -1 not in self._warned:
+                            self._warned.add(-1)
+                            log.warning("async: %s; sending via 127.0.0.1", exc.strerror)
+                        return
+                    except OSError:
+                        pass
+                if exc.errno not in self._warned:
+                    self._warned.add(exc.errno or 0)
+                    log.warning("async message dropped: %s", exc.strerror or exc)
+
+
+class BlockingHandler(socketserver.BaseRequestHandler):
+    """BLKPORT: commands one at a time on a long-lived connection."""
+
+    def handle(self) -> None:
+        peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        slot: threading.Semaphore = self.server.slot
+        waited = False
+        while not slot.acquire(timeout=0.25):
+            if not waited:
+                log.info("blocking port: %s waits for the current client to finish", peer)
+                waited = True
+            if self.server.stopping:
+                return
+        try:
+            self._serve(peer)
+        finally:
+            slot.release()
+
+    def _serve(self, peer: str) -> None:
+        camera: Camera = self.server.camera
+        sock: socket.socket = self.request
+        log.info("blocking port: connection from %s", peer)
+        frames = LineBuffer(max_line=P.MAX_COMMAND_LINE)
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            lines = frames.feed(data)
+            if not lines:
+                continue
+            if len(lines) > 1:
+                log.warning("blocking port: %d command(s) ignored (sent together)", len(lines) - 1)
+            reply = respond(camera, lines[0], peer)
+            if reply is None:
+                return
+            # lines that arrived while the command ran are ignored (documented)
+            ignored = _discard_pending(sock, frames)
+            if ignored:
+                log.warning(
+                    "blocking port: %d command(s) sent before the previous one completed ignored",
+                    ignored,
+                )
+            try:
+                sock.sendall(reply.encode("ascii", "replace") + b"\n")
+            except OSError:
+                log.info("blocking port: %s gone before the reply", peer)
+                break
+        log.info("blocking port: %s disconnected", peer)
+
+
+def _discard_pending(sock: socket.socket, frames: LineBuffer) -> int:
+    """Drop what arrived while a command ran; return the number of lines dropped."""
+    dropped = 0
+    sock.setblocking(False)
+    try:
+        for _ in range(1024):
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            if not data:
+                break
+            dropped += len(frames.feed(data))
+    finally:
+        sock.setblocking(True)
+    if len(frames):
+        dropped += 1
+        frames.feed(b"\n")  # drop the partial line too
+    return dropped
+
+
+def respond(camera: Camera, line: bytes | OverlongLine, peer: str) -> str | None:
+    """Reply text for one received line (without newline); None = close (exit)."""
+    if isinstance(line, OverlongLine):
+        msg = f"command line too long ({line.size} bytes, limit {P.MAX_COMMAND_LINE})"
+        log.warning("%s: %s", peer, msg)
+        camera.notify("ERROR", f" {msg}")
+        return P.format_error(msg, camera.longerror)
+    text = P.decode_command_line(line)
+    if text is None:
+        msg = "command contains non-printable or non-ASCII bytes"
+        log.warning("%s: %s: %r", peer, msg, line[:40])
+        camera.notify("ERROR", f" {msg}")
+        return P.format_error(msg, camera.longerror)
+    if not text.strip():
+        return ""
+    log.info("%s: command %s", peer, text[:200])
+    reply = camera.execute(text)
+    if reply is not None:
+        log.info("%s: reply %s", peer, reply[:200])
+    return reply
+
+
+class NonBlockingHandler(LineHandler):
+    """NBPORT: one command, the reply, close."""
+
+    max_line = P.MAX_COMMAND_LINE
+    timeout = NB_TIMEOUT
+
+    def handle(self) -> None:
+        camera: Camera = self.server.camera
+        try:
+            line = self.reader.read_line()
+        except TimeoutError:
+            log.info("non-blocking port: %s sent nothing in %g s; closed", self.peer, NB_TIMEOUT)
+            return
+        except ConnectionClosed:
+            line = self.reader.eof_partial
+            if not line:
+                return
+        self.request.settimeout(None)
+        reply = respond(camera, line, self.peer)
+        if reply is None:
+            return
+        self.send_line(reply)
+
+
+class Camerad(runtime.Service):
+    name = "camerad"
+
+    def __init__(self, path: str, cfg: C.CameraConfig) -> None:
+        self.path = path
+        self.cfg = cfg
+        self.sender = AsyncSender()
+        self.camera = Camera(cfg, self.sender.send)
+        self.blk: ThreadedTCPServer | None = None
+        self.nb: ThreadedTCPServer | None = None
+
+    def bind(self):
+        addr = self.cfg.bindaddr
+        # one client is served at a time; a few more wait their turn (as in the
+        # listen backlog of the original), beyond that they are refused
+        self.blk = ThreadedTCPServer(
+            (addr, self.cfg.blkport),
+            BlockingHandler,
+            name="blocking port",
+            max_connections=BLK_MAX_WAITING + 1,
+        )
+        self.blk.slot = threading.Semaphore(1)
+        try:
+            self.nb = ThreadedTCPServer(
+                (addr, self.cfg.nbport),
+                NonBlockingHandler,
+                name="non-blocking port",
+                max_connections=NB_MAX_CONNECTIONS,
+            )
+        except OSError:
+            self.blk.server_close()
+            raise
+        for srv in (self.blk, self.nb):
+            srv.camera = self.camera
+        return [self.blk, self.nb]
+
+    def start(self) -> None:
+        self.sender.configure(self.cfg)
+        log.info("%d lines read from %s", len(self.cfg.applied), self.path)
+        for item in self.cfg.applied:
+            self.sender.send("CONFIG", item)
+        log.info("applied %d configuration lines to server/controller", len(self.cfg.applied))
+        self.blk.start()
+        self.nb.start()
+        log.info(
+            "camerad ready: blocking port %d, non-blocking port %d",
+            self.cfg.blkport,
+            self.cfg.nbport,
+        )
+
+    def reload(self):
+        new = C.load(self.path)
+        if not new.same_ports(self.cfg):
+            log.warning("BLKPORT/NBPORT/BINDADDR changes need a restart; keeping the old ports")
+            new.blkport, new.nbport, new.bindaddr = (
+                self.cfg.blkport,
+                self.cfg.nbport,
+                self.cfg.bindaddr,
+            )
+        if new.logpath != self.cfg.logpath:
+            log.warning("LOGPATH change needs a restart; still logging to %s", self.cfg.logpath)
+        self.cfg = new
+        self.camera.apply_config(new)
+        self.sender.configure(new)
+        for item in new.applied:
+            self.sender.send("CONFIG", item)
+        return f"{len(new.applied)} lines applied from {self.path}"
+
+    def stop(self) -> int:
+        left = 0
+        self.camera.shutdown()
+        for srv in (self.blk, self.nb):
+            if srv is not None:
+                left += srv.stop()
+        self.sender.close()
+        return left

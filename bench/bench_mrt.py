@@ -145,7 +145,19 @@ def baseline_udp_server(port: int, payload: int) -> int:
         s.sendto(reply, addr)
 
 
-def bare_udp(total: int, payload: int) -> float:
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of a process so far, in ns (Linux schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended meanwhile
+    return total
+
+
+def bare_udp(total: int, payload: int) -> tuple[float, float]:
+    """(bytes per second, server CPU µs per request) of the bare loop."""
     port = procs.free_port(socket.SOCK_DGRAM)
     srv = procs.start("bench.bench_mrt", "--udp-baseline", str(port), str(payload))
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -161,29 +173,33 @@ def bare_udp(total: int, payload: int) -> float:
                 break
             except OSError:
                 time.sleep(0.05)
-        got = 0
-        t0 = time.perf_counter()
+        got = requests = 0
+        c0, t0 = cpu_ns(srv.pid), time.perf_counter()
         while got < total:
             s.send(req)
+            requests += 1
             try:
                 got += len(s.recv(70000)) - 17
             except TimeoutError:
                 continue
-        return got / (time.perf_counter() - t0)
+        dt = time.perf_counter() - t0
+        return got / dt, (cpu_ns(srv.pid) - c0) / requests / 1000
     finally:
         s.send(b"quit")
         s.close()
         procs.stop(srv)
 
 
-def lean_fetch(sock: socket.socket, frames: int) -> float:
-    """Bytes per second of a minimal stop-and-wait loop fetching a whole series."""
-    got = 0
-    t0 = time.perf_counter()
+def lean_fetch(sock: socket.socket, frames: int, pid: int) -> tuple[float, float]:
+    """(bytes per second, server CPU µs per request) of a minimal stop-and-wait loop
+    fetching a whole series from the server process ``pid``."""
+    got = requests = 0
+    c0, t0 = cpu_ns(pid), time.perf_counter()
     for frame in range(frames):
         start, total = 0, 1
         while start < total:
             sock.send(struct.pack(">BII", 2, frame, start))
+            requests += 1
             try:
                 data = sock.recv(70000)
             except TimeoutError:
@@ -194,19 +210,27 @@ def lean_fetch(sock: socket.socket, frames: int) -> float:
                 got += len(data) - 17
             elif not total:
                 total = 1
-    return got / (time.perf_counter() - t0)
+    dt = time.perf_counter() - t0
+    return got / dt, (cpu_ns(pid) - c0) / requests / 1000
 
 
-def mrt_udp(shape, n: int, payload: int) -> tuple[float, int, float]:
-    """Best of REPEAT series fetched by ``MrTClient`` once each series is complete."""
+def mrt_udp(shape, n: int, payload: int) -> dict:
+    """Interleaved best of REPEAT: mr_t served to ``MrTClient``, to a minimal client
+    loop, and the bare request/reply loop, one after the other in every round.
+
+    The simulator sends 2 * REPEAT series; each is fetched once it is complete
+    (only serving is measured), alternately by ``MrTClient`` and by the minimal
+    loop, and each fetch is followed by a bare run of the same byte count.
+    """
     zp, up = procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
     server = harness.start_mrt(up, zp, "--frame-cache-bytes", "4G", "--udp-payload-size", payload)
-    sim = harness.start_sim(zp, *sim_args(shape, n), "--encoding", "raw", "--series", REPEAT,
-                            "--pause", 4.0)  # fmt: skip
-    best, nbytes, lean = 0.0, 0, 0.0
+    sim = harness.start_sim(zp, *sim_args(shape, n), "--encoding", "raw", "--series",
+                            2 * REPEAT, "--pause", 2.5)  # fmt: skip
+    best, nbytes, lean, base = 0.0, 0, 0.0, 0.0
+    lean_cpu = base_cpu = float("inf")  # server CPU per request: least of the runs
     try:
         with harness.MrTClient(procs.LOOPBACK, up) as c:
-            for sid in range(1, REPEAT + 1):
+            for sid in range(1, 2 * REPEAT + 1):
                 deadline = time.monotonic() + 60
                 pong = None
                 while time.monotonic() < deadline:
@@ -215,31 +239,39 @@ def mrt_udp(shape, n: int, payload: int) -> tuple[float, int, float]:
                         break
                     time.sleep(0.01)
                 # let the whole series arrive: only serving is measured (and the next
-                # series, 4 s after this one, must not replace it during the fetch)
+                # series, 2.5 s after this one, must not replace it during the fetch)
                 time.sleep(0.5)
-                if sid == REPEAT:  # the last series: a minimal client, server cost only
-                    lean = lean_fetch(c.sock, pong.frame_count)
-                    continue
-                t0 = time.perf_counter()
-                data = c.fetch(pong)
-                dt = time.perf_counter() - t0
-                if data.frame_count != len(data.frames):
-                    raise RuntimeError(f"series {sid}: {len(data.frames)} of {n} frames")
-                best, nbytes = max(best, data.nbytes / dt), data.nbytes
-        return best, nbytes, lean
+                if sid % 2 == 0:  # a minimal client loop: the server's cost alone
+                    rate, cpu = lean_fetch(c.sock, pong.frame_count, server.pid)
+                    lean, lean_cpu = max(lean, rate), min(lean_cpu, cpu)
+                else:
+                    t0 = time.perf_counter()
+                    data = c.fetch(pong)
+                    dt = time.perf_counter() - t0
+                    if data.resends:
+                        print(f"  (series {sid}: {data.resends} requests resent after a timeout)")
+                    if data.frame_count != len(data.frames):
+                        raise RuntimeError(f"series {sid}: {len(data.frames)} of {n} frames")
+                    best, nbytes = max(best, data.nbytes / dt), data.nbytes
+                rate, cpu = bare_udp(n * shape[0] * shape[1] * 2, payload)
+                base, base_cpu = max(base, rate), min(base_cpu, cpu)
+        return dict(ours=best, nbytes=nbytes, lean=lean, base=base, lean_cpu=lean_cpu,
+                    base_cpu=base_cpu)  # fmt: skip
     finally:
         procs.stop(sim)
         procs.stop(server)
 
 
 def bench_udp(payload: int, n: int) -> float:
-    ours, nbytes, lean = mrt_udp(EIGER2_500K, n, payload)
-    base = max(bare_udp(nbytes, payload) for _ in range(REPEAT))
+    r = mrt_udp(EIGER2_500K, n, payload)
+    ours, base, lean = r["ours"], r["base"], r["lean"]
     print(
-        f"UDP serving, payload {payload} B, {nbytes / 1e6:.1f} MB: mr_t + MrTClient "
+        f"UDP serving, payload {payload} B, {r['nbytes'] / 1e6:.1f} MB: mr_t + MrTClient "
         f"{ours / 1e6:.1f} MB/s, bare request/reply {base / 1e6:.1f} MB/s, "
         f"ratio {ours / base:.2f} (target >= 0.7); mr_t with a minimal client loop "
-        f"{lean / 1e6:.1f} MB/s, ratio {lean / base:.2f}"
+        f"{lean / 1e6:.1f} MB/s, ratio {lean / base:.2f}; server CPU per request "
+        f"(less noisy): mr_t {r['lean_cpu']:.1f} us, bare {r['base_cpu']:.1f} us, "
+        f"ratio {r['base_cpu'] / r['lean_cpu']:.2f}"
     )
     return ours / base
 

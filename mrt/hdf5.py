@@ -88,9 +88,14 @@ def _store_value(group: h5py.Group, key: str, value) -> None:
     if not path or path in group:
         return
     try:
-        ds = group.create_dataset(path, data=value)
-    except (TypeError, ValueError):
-        ds = group.create_dataset(path, data=str(value))
+        try:
+            ds = group.create_dataset(path, data=value)
+        except (TypeError, ValueError):
+            ds = group.create_dataset(path, data=str(value))
+    except (TypeError, ValueError, KeyError) as exc:
+        # e.g. "a/b" after a value "a": the path cannot exist in HDF5
+        log.warning("config key %r not stored in the HDF5 master file: %s", key, exc)
+        return
     unit = UNITS.get(key)
     if unit:
         ds.attrs["units"] = unit
@@ -131,6 +136,10 @@ class SeriesWriter:
         self._dset = None
         self._file_first = 0
         self._capacity = 0
+        self._kind: tuple | None = None  # (shape, type, encoding) checked by _check_kind
+        self._direct = False
+        self._total = 0
+        self._write_chunk = None
         self.master = h5py.File(self.master_path, "w")
         self._write_master(series_id)
 
@@ -194,6 +203,7 @@ class SeriesWriter:
         self._dset.attrs["image_nr_low"] = np.int64(self.written + 1)
         self._dset.attrs["image_nr_high"] = np.int64(self.written)
         self._data_file = f
+        self._write_chunk = self._dset.id.write_direct_chunk
         self._capacity = 0
         self._file_first = self.written
         self.data_paths.append(path)
@@ -210,27 +220,41 @@ class SeriesWriter:
             self._dset.attrs["image_nr_high"] = np.int64(self.written)
         finally:
             f, self._data_file, self._dset = self._data_file, None, None
+            self._write_chunk = None
             f.close()
 
-    def write(self, img: Image) -> bool:
-        """Append one frame; False (and a log line) if it cannot go in this series."""
+    def _check_kind(self, img: Image) -> str | None:
+        """Validate a frame's shape, type and encoding (once per kind); None if writable.
+
+        Sets ``self._direct`` (the blob goes in as it is) and ``self._total``
+        (its uncompressed size) for the frames of this kind.
+        """
         bits = img.bits
         dtype = np.dtype(codec.DTYPES.get(bits, np.dtype("<u4")))
         if self.shape is None:
             self.shape, self.dtype = img.shape, dtype
         elif img.shape != self.shape or dtype != self.dtype:
-            self.skipped += 1
-            log.warning(
-                "hdf5 %s: frame %d has another shape or type: not written", self.name, self.written
-            )
-            return False
+            return f"frame {self.written} has another shape or type"
         try:
             enc = codec.parse_encoding(img.encoding)
         except codec.CodecError as exc:
-            self.skipped += 1
-            log.warning("hdf5 %s: %s: not written", self.name, exc)
-            return False
-        if enc.is_bslz4 and enc.little_endian and enc.bitshuffle_bits == bits:
+            return str(exc)
+        self._direct = enc.is_bslz4 and enc.little_endian and enc.bitshuffle_bits == bits
+        self._total = self.shape[0] * self.shape[1] * dtype.itemsize
+        self._kind = (img.shape, img.dtype, img.encoding)
+        return None
+
+    def write(self, img: Image) -> bool:
+        """Append one frame; False (and a log line) if it cannot go in this series."""
+        if (img.shape, img.dtype, img.encoding) != self._kind:
+            problem = self._check_kind(img)
+            if problem is not None:
+                self._kind = None
+                self.skipped += 1
+                log.warning("hdf5 %s: %s: not written", self.name, problem)
+                return False
+        blob = pixels = None
+        if self._direct:
             blob = img.data
             try:
                 total, _ = codec.bslz4_header(blob)
@@ -238,28 +262,28 @@ class SeriesWriter:
                 self.skipped += 1
                 log.warning("hdf5 %s: %s: not written", self.name, exc)
                 return False
-            if total != self.shape[0] * self.shape[1] * dtype.itemsize:
+            if total != self._total:
                 self.skipped += 1
                 log.warning("hdf5 %s: bslz4 blob of the wrong size: not written", self.name)
                 return False
-            pixels = None
         else:
             try:
-                pixels = codec.decode_frame(img.data, img.encoding, img.shape, bits)
+                pixels = codec.decode_frame(img.data, img.encoding, img.shape, img.bits)
             except codec.CodecError as exc:
                 self.skipped += 1
                 log.warning("hdf5 %s: frame does not decode (%s): not written", self.name, exc)
                 return False
-        if self._data_file is None or self.written - self._file_first >= self.frames_per_file:
+        k = self.written - self._file_first
+        if self._data_file is None or k >= self.frames_per_file:
             self._close_data_file()
             self._open_data_file()
-        k = self.written - self._file_first
+            k = 0
         if k >= self._capacity:
             # grow in steps: a resize per frame costs more than the write
             self._capacity = min(k + GROW_FRAMES, self.frames_per_file)
             self._dset.resize(self._capacity, axis=0)
-        if pixels is None:
-            self._dset.id.write_direct_chunk((k, 0, 0), blob, filter_mask=0)
+        if blob is not None:
+            self._write_chunk((k, 0, 0), blob, filter_mask=0)
         else:
             self._dset[k] = pixels
         self.written += 1

@@ -236,6 +236,8 @@ class FrameFetch:
 # -- EIGER stream v1 -------------------------------------------------------------
 HEADER, IMAGE, SERIES_END = "dheader-1.0", "dimage-1.0", "dseries_end-1.0"
 DETAIL_PARTS = {"none": 1, "basic": 2, "all": 8}
+#: trigger modes in which each trigger's length is one exposure: one image per trigger
+ENABLE_TRIGGER_MODES = ("inte", "exte")
 MAX_JSON = 1 << 20
 
 
@@ -252,15 +254,20 @@ class Header:
 
     @property
     def frame_count(self) -> int:
-        """nimages x ntrigger from the config; 0 when unknown."""
+        """Images in the series from the config; 0 when unknown.
+
+        nimages x ntrigger, except in the trigger modes ``inte`` and ``exte``
+        where every trigger makes one image (its length is the exposure)."""
         if not self.config:
             return 0
         n, t = self.config.get("nimages"), self.config.get("ntrigger")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            return 0
         if t is None:
             t = 1
         if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+            return 0
+        if self.config.get("trigger_mode") in ENABLE_TRIGGER_MODES:
+            return min(t, U32_MAX)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             return 0
         return min(n * t, U32_MAX)
 
@@ -310,11 +317,15 @@ class SeriesEnd:
 StreamMessage = Header | Image | SeriesEnd
 
 
+_json_decode = json.JSONDecoder().decode
+
+
 def _json(part, what: str) -> dict | WireError:
     if len(part) > MAX_JSON:
         return WireError(f"{what}: {len(part)} bytes of JSON, more than {MAX_JSON}")
     try:
-        value = json.loads(bytes(part))
+        # the stream's JSON is UTF-8; decoding it here skips json.loads' detection
+        value = _json_decode(bytes(part).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         return WireError(f"{what}: invalid JSON ({exc})")
     if not isinstance(value, dict):
@@ -382,6 +393,13 @@ def _decode_header(first: dict, parts: list) -> Header | WireError:
     return h
 
 
+def _positive_ints(values: list) -> bool:
+    for v in values:
+        if type(v) is not int or v <= 0:  # bool is not a valid size either
+            return False
+    return True
+
+
 def _decode_image(first: dict, parts: list) -> Image | WireError:
     if len(parts) < 3:
         return WireError(f"image with {len(parts)} parts, expected 4 or 5")
@@ -392,11 +410,7 @@ def _decode_image(first: dict, parts: list) -> Image | WireError:
     if d.get("htype") != "dimage_d-1.0":
         return WireError(f"image part 2 has htype {d.get('htype')!r}, expected dimage_d-1.0")
     shape = d.get("shape")
-    if not (
-        isinstance(shape, list)
-        and len(shape) in (2, 3)
-        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)
-    ):
+    if not (isinstance(shape, list) and len(shape) in (2, 3) and _positive_ints(shape)):
         return WireError(f"image with bad shape {shape!r}")
     if len(shape) == 3:
         if shape[2] != 1:
@@ -412,6 +426,10 @@ def _decode_image(first: dict, parts: list) -> Image | WireError:
     except codec.CodecError as exc:
         return WireError(f"image: {exc}")
     data = parts[2]
+    if not len(data):
+        # a reply with 0 bytes in frame means "not cached yet": a client would wait
+        # for this frame for ever, so it cannot be served
+        return WireError("image with no data (0 bytes)")
     size = d.get("size")
     if isinstance(size, int) and size != len(data):
         warnings.append(f"image size field {size} but {len(data)} bytes of data")

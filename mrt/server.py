@@ -14,8 +14,9 @@ Threads (each owns its sockets or files; they share the
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
+import os
 import socket
 import socketserver
 import threading
@@ -29,7 +30,7 @@ from common.config import ConfigError
 from common.server import ServerThread
 
 from . import hdf5, protocol
-from .protocol import Header, Image, SeriesEnd, WireError
+from .protocol import Header, Image, SeriesEnd
 from .series import Note, SeriesStore
 
 log = logging.getLogger("mrt")
@@ -88,8 +89,11 @@ class Hdf5Writer:
         self.directory = directory
         self.frames_per_file = frames_per_file
         self.byte_limit = byte_limit
-        self._q: queue.Queue = queue.Queue()
+        # one condition guards the queue and its bounds: the producer waits on it for
+        # room, the writer thread for items (one lock round trip per frame each side)
+        self._items: collections.deque = collections.deque()
         self._cond = threading.Condition()
+        self._idle = False  # the writer thread waits for an item
         self._frames = 0
         self._bytes = 0
         self._thread = threading.Thread(target=self._run, name="hdf5-writer", daemon=True)
@@ -111,28 +115,41 @@ class Hdf5Writer:
 
     def put(self, series_id: int, msg, stopping: threading.Event) -> bool:
         """Queue a message; blocks while the queue is full.  False if stopping."""
-        size = msg.nbytes if isinstance(msg, Image) else 0
+        is_image = isinstance(msg, Image)
         with self._cond:
             while not self._room():
                 if stopping.is_set():
                     return False
                 self._cond.wait(0.25)
-            if isinstance(msg, Image):
+            if is_image:
                 self._frames += 1
-                self._bytes += size
-        self._q.put((series_id, msg))
+                self._bytes += msg.nbytes
+            self._items.append((series_id, msg))
+            if self._idle:
+                self._cond.notify_all()
         return True
+
+    def _next(self):
+        with self._cond:
+            while not self._items:
+                self._idle = True
+                self._cond.wait()
+            self._idle = False
+            return self._items.popleft()
 
     def _done_with(self, msg) -> None:
         if isinstance(msg, Image):
             with self._cond:
                 self._frames -= 1
                 self._bytes -= msg.nbytes
-                self._cond.notify_all()
+                # wake a blocked producer only at the low-water mark: it then queues
+                # a batch, instead of a thread switch for every frame written
+                if self._frames <= WRITER_QUEUE_FRAMES // 2 and self._bytes <= self.byte_limit // 2:
+                    self._cond.notify_all()
 
     def _run(self) -> None:
         while True:
-            item = self._q.get()
+            item = self._next()
             if item is None:
                 break
             series_id, msg = item
@@ -190,7 +207,9 @@ class Hdf5Writer:
             self._close()
 
     def stop(self, timeout: float = 10.0) -> bool:
-        self._q.put(None)
+        with self._cond:
+            self._items.append(None)
+            self._cond.notify_all()
         self._thread.join(timeout)
         return self._thread.is_alive()
 
@@ -221,19 +240,23 @@ class Ingest:
     def apply(self, msg) -> None:
         """Apply one message; an image waits until it fits in the cache."""
         sh = self.shared
+        store = sh.store
         is_image = isinstance(msg, Image)
         with sh.room:
-            while is_image and sh.store.current is not None and not sh.store.fits(msg.nbytes):
+            while is_image and store.current is not None and not store.fits(msg.nbytes):
                 if sh.stopping.is_set():
                     return
                 sh.room.wait(0.1)
-            _, notes = sh.store.on_stream(msg)
-            series = sh.store.current.id if sh.store.current is not None else 0
+            skipped_before = store.stats.skipped_messages
+            _, notes = store.on_stream(msg)
+            # the store counts every message it skips (bad, stray, out of series):
+            # only what it took goes on to the HDF5 output
+            taken = store.stats.skipped_messages == skipped_before
+            series = store.current.id if store.current is not None else 0
         if notes:
             sh.notes(notes)
-        if self.writer is not None and not isinstance(msg, WireError):
-            if not any("skipped" in n.text for n in notes):
-                self.writer.put(series, msg, sh.stopping)
+        if self.writer is not None and taken:
+            self.writer.put(series, msg, sh.stopping)
 
 
 class ZmqReceiver(threading.Thread):
@@ -255,20 +278,22 @@ class ZmqReceiver(threading.Thread):
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_ZMQ_MESSAGE)
+            # a blocking receive that gives up after a while to look at ``stopping``:
+            # one call per message, where a non-blocking try and a poll cost three
+            sock.setsockopt(zmq.RCVTIMEO, 250)
             sock.connect(self.endpoint)
             log.info("zmq: PULL connected to %s", self.endpoint)
-            poller = zmq.Poller()
-            poller.register(sock, zmq.POLLIN)
+            recv = sock.recv_multipart
+            decode = protocol.decode_stream
             while not sh.stopping.is_set():
                 if not self.ingest.wait_for_room():
                     break
                 try:
-                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    parts = recv(copy=False)
                 except zmq.Again:
-                    poller.poll(250)  # nothing queued: sleep until something is
                     continue
-                msg = protocol.decode_stream([p.buffer for p in parts])
-                self.ingest.apply(msg)
+                # zero copy: the parts stay ZeroMQ's buffers; the cache keeps the blob's
+                self.ingest.apply(decode([p.buffer for p in parts]))
         except zmq.ZMQError as exc:
             if not sh.stopping.is_set():
                 log.error("zmq: %s", exc)
@@ -337,10 +362,12 @@ class UdpServer(socketserver.UDPServer):
         """
         self._stopped.clear()
         self.socket.settimeout(None)
+        recvfrom, size = self.socket.recvfrom, self.max_packet_size
+        on_datagram = self.on_datagram
         try:
             while not self._stop_requested:
                 try:
-                    data, addr = self.socket.recvfrom(self.max_packet_size)
+                    data, addr = recvfrom(size)
                 except OSError as exc:
                     if self._stop_requested:
                         break
@@ -350,7 +377,7 @@ class UdpServer(socketserver.UDPServer):
                 if self._stop_requested:
                     break
                 try:
-                    self.on_datagram(data, self.socket, addr)
+                    on_datagram(data, self.socket, addr)
                 except Exception:  # noqa: BLE001 - one bad datagram must not stop serving
                     self.handle_error((data, self.socket), addr)
         finally:
@@ -378,16 +405,20 @@ class UdpServer(socketserver.UDPServer):
             replies, notes, evicted = sh.store.on_datagram(data)
             if evicted:
                 sh.room.notify_all()
-        for n in notes:
-            if n.level >= logging.WARNING:
-                sh.limiter.log("udp", n.level, f"{n.text} from {addr[0]}:{addr[1]}")
-            else:
-                log.log(n.level, "%s (from %s:%s)", n.text, addr[0], addr[1])
+        if notes:
+            self._log(notes, addr)
         for r in replies:
             try:
-                sock.sendmsg(r, (), 0, addr)
+                sock.sendto(r, addr)
             except OSError as exc:
                 sh.limiter.log("udp-send", logging.WARNING, f"udp: send to {addr}: {exc}")
+
+    def _log(self, notes: list[Note], addr) -> None:
+        for n in notes:
+            if n.level >= logging.WARNING:
+                self.shared.limiter.log("udp", n.level, f"{n.text} from {addr[0]}:{addr[1]}")
+            else:
+                log.log(n.level, "%s (from %s:%s)", n.text, addr[0], addr[1])
 
     def handle_error(self, request, client_address) -> None:
         log.exception("udp: error serving %s", client_address)
@@ -415,7 +446,8 @@ class MrT(runtime.Service):
         self.zmq_rcvhwm = zmq_rcvhwm
         self.udp_addr = (udp_host, udp_port)
         self.endpoint = endpoint
-        self.input_h5 = input_h5
+        # absolute now: as a daemon (-d) the process works in / after the fork
+        self.input_h5 = os.path.abspath(input_h5) if input_h5 is not None else None
         self.store = SeriesStore(
             frame_limit=frame_limit,
             byte_limit=byte_limit,
@@ -423,7 +455,7 @@ class MrT(runtime.Service):
             extended_pong=extended_pong,
         )
         self.shared = Shared(self.store)
-        self.hdf5_dir = hdf5_dir
+        self.hdf5_dir = os.path.abspath(hdf5_dir) if hdf5_dir is not None else None
         self.frames_per_file = frames_per_file
         self.udp: UdpServer | None = None
         self.udp_thread: ServerThread | None = None
@@ -433,8 +465,6 @@ class MrT(runtime.Service):
         self.on_stopped: Callable[[], None] | None = None
 
     def bind(self) -> list:
-        import os
-
         if self.hdf5_dir is not None and not os.path.isdir(self.hdf5_dir):
             raise ConfigError(f"--hdf5-output {self.hdf5_dir}: not a directory")
         if self.input_h5 is not None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import socket
+import subprocess
 import time
 
+import h5py
+import hdf5plugin  # noqa: F401 - registers filter 32008 for reading
 import numpy as np
 import pytest
 
@@ -97,6 +100,42 @@ def test_daemon_lock_and_kill(tmp_path):
     assert res.returncode == 0, res.stderr
     assert not lock.exists() and not pid_alive(pid)
     assert "mr_t stopped" in log.read_text()
+
+
+def test_daemon_with_relative_paths(tmp_path):
+    """A daemon works in / after the fork: relative paths given on the command
+    line must still mean the directory mr_t was started in."""
+    zp, up = procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
+    (tmp_path / "out").mkdir()
+    cmd = procs.command("mrt.cli", "--eiger-zmq-host-and-port", harness.endpoint(zp),
+                        "--udp-host", "127.0.0.1", "--udp-port", up, "--hdf5-output", "out",
+                        "-L", "mr_t.pid", "-l", tmp_path / "mr_t.log", "-d")  # fmt: skip
+    res = subprocess.run(cmd, cwd=tmp_path, env=procs.env(), capture_output=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    lock = tmp_path / "mr_t.pid"
+    assert procs.wait_until(lambda: read_pid(lock) is not None, 10)
+    try:
+        with procs.running("mrt.sim", "--bind", harness.endpoint(zp), "--frames", 2,
+                           "--width", 16, "--height", 8):  # fmt: skip
+            assert len(harness.fetch_series(up).frames) == 2
+            master = tmp_path / "out" / "series_1_master.h5"
+            assert procs.wait_until(
+                lambda: "series_1_master.h5 complete" in read_text(tmp_path), 15
+            )
+        with h5py.File(master, "r") as f:
+            assert (
+                f["entry/data/data"][()] == [FrameSource(16, 8).pixels(k) for k in range(2)]
+            ).all()
+    finally:
+        res = procs.run("mrt.cli", "-k", "-L", str(lock))
+    assert res.returncode == 0, res.stderr
+
+
+def read_text(tmp_path) -> str:
+    try:
+        return (tmp_path / "mr_t.log").read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def test_client_command_saves_frames(tmp_path):

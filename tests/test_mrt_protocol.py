@@ -22,7 +22,7 @@ from mrt.protocol import (
     SeriesEnd,
     WireError,
 )
-from mrt.series import SeriesStore
+from mrt.series import NO_FRAME, SeriesStore
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -212,12 +212,12 @@ def img(data=b"0123456789", frame=None):
 
 def req(store, frame, start=0):
     replies, notes, _ = store.on_datagram(PacketRequest(frame, start).encode())
-    return protocol.decode_reply(b"".join(replies[0])) if replies else None
+    return protocol.decode_reply(replies[0]) if replies else None
 
 
 def pong(store):
     (reply,) = store.on_datagram(b"\x00")[0]
-    return b"".join(reply)
+    return reply
 
 
 def test_store_rules():
@@ -308,8 +308,40 @@ def test_store_invariants_under_any_sequence(ops):
         else:
             replies, _, _ = s.on_datagram(PacketRequest(a, b).encode())
             for r in replies:
-                rep = protocol.decode_reply(b"".join(r))
+                rep = protocol.decode_reply(r)
                 assert len(rep.payload) <= 7 and rep.frame == a
         assert len(s.cache) <= 3
         assert s.cache_bytes == sum(len(v) for v in s.cache.values()) <= 40 + 15
         assert list(s.cache) == sorted(s.cache)
+        assert s._lowest == (min(s.cache) if s.cache else NO_FRAME)  # eviction's shortcut
+
+
+def test_empty_image_is_refused_not_served():
+    """A 0-byte frame would be answered with ``bytes in frame`` 0, which the
+    protocol reserves for "not cached yet": a client would wait for it for ever."""
+    parts = protocol.encode_image(1, 0, b"", (2, 2), "uint8", "<")
+    msg = protocol.decode_stream(parts)
+    assert isinstance(msg, WireError) and "no data" in msg.reason
+    s = SeriesStore()
+    s.on_stream(hdr(2))
+    s.on_stream(msg)
+    assert not s.cache and s.stats.skipped_messages == 1
+    s.on_stream(
+        protocol.decode_stream(protocol.encode_image(1, 1, b"\1" * 4, (2, 2), "uint8", "<"))
+    )
+    assert req(s, 0) == PacketReply(0, 0, 0, 4, b"\1" * 4)  # the next frame is frame 0
+
+
+@pytest.mark.parametrize(
+    "mode, nimages, ntrigger, count",
+    [("ints", 5, 3, 15), ("exts", 5, 3, 15), ("inte", 5, 3, 3), ("exte", 1, 7, 7),
+     ("exte", None, 4, 4), (None, 5, None, 5), ("inte", 5, None, 1)],
+)  # fmt: skip
+def test_frame_count_follows_the_trigger_mode(mode, nimages, ntrigger, count):
+    """ints/exts: nimages per trigger; inte/exte: one image per trigger."""
+    cfg = {"nimages": nimages, "ntrigger": ntrigger, "trigger_mode": mode}
+    h = protocol.decode_stream(protocol.encode_header(1, "basic", cfg))
+    assert h.frame_count == count
+    s = SeriesStore()
+    s.on_stream(h)
+    assert pong(s) == Pong(1, count).encode()

@@ -124,6 +124,9 @@ def run(service: Service, opts: RuntimeOptions) -> int:
         return status
 
     logfile = opts.logfile or (opts.default_logfile if opts.daemon else None)
+    if logfile:
+        # the daemon works in /, so a relative name must be resolved before the fork
+        logfile = os.path.abspath(logfile)
     # Foreground start-up logs to stderr; the log file (if any) is opened too.
     try:
         clog.setup_logging(prog, opts.log_level, logfile, stderr=not opts.daemon, utc=opts.log_utc)

@@ -86,6 +86,27 @@ def test_daemon_mode_and_kill(tmp_path, port):
             os.kill(pid, signal.SIGKILL)
 
 
+def test_daemon_relative_log_file_stays_where_it_was_named(tmp_path, port):
+    lock = tmp_path / "echod.lock"
+    res = subprocess.run(
+        procs.command(MOD, "-p", str(port), "-L", str(lock), "-l", "rel.log", "-d"),
+        cwd=tmp_path,
+        env=procs.env(),
+        capture_output=True,
+        timeout=20,
+    )
+    assert res.returncode == 0, res.stderr
+    assert wait_for(lambda: read_pid(lock) is not None)
+    pid = read_pid(lock)
+    try:
+        assert wait_for(lambda: (tmp_path / "rel.log").exists())
+        assert wait_for(lambda: "echod started" in (tmp_path / "rel.log").read_text())
+    finally:
+        procs.run(MOD, "-p", str(port), "-L", str(lock), "-k", timeout=20)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_kill_when_not_running(tmp_path):
     res = procs.run(MOD, "-p", "1", "-L", str(tmp_path / "none.lock"), "-k")
     assert res.returncode == 1

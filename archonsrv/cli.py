@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = C.load(path)
     except ConfigError as exc:
         print(f"camerad: {exc}", file=sys.stderr)
-        return 1
+        return 2
     daemon = (args.daemon or cfg.daemon) and not args.foreground
     logfile = str(C.Path(cfg.logpath) / "camerad_%Y%m%d.log").replace("%", "%%")
     logfile = logfile.replace("%%Y%%m%%d", "%Y%m%d")

@@ -822,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         svc = ArchonSim(args)
     except ConfigError as exc:
         print(f"archonsim: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return runtime.run(svc, runtime.options_from_args(args))
 
 

@@ -271,3 +271,15 @@ def test_archon_gone_and_back(tmp_path):
         shutil.rmtree(rig.imdir)
         assert rig.blk("expose") == "ERROR"
         assert not os.path.exists(rig.imdir)
+
+
+@pytest.mark.parametrize("module", ["archonsrv.cli", "archonsrv.sim"])
+def test_unusable_config_file_exits_2(tmp_path, module):
+    from common import procs
+
+    missing = procs.run(module, str(tmp_path / "missing.cfg"))
+    assert missing.returncode == 2 and b"missing.cfg" in missing.stderr
+    bad = tmp_path / "bad.cfg"
+    bad.write_text("BLKPORT=3031\nTHIS LINE HAS NO EQUALS SIGN\n")
+    res = procs.run(module, str(bad))
+    assert res.returncode == 2 and b"bad.cfg:2" in res.stderr

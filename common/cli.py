@@ -185,7 +185,8 @@ def add_runtime_args(
             help="append log lines to this file"
             + (f" (daemon default {default_logfile})" if default_logfile else ""),
         )
-    parser.set_defaults(default_logfile=default_logfile)
+    # the spellings, so that messages name the options as this program has them
+    parser.set_defaults(default_logfile=default_logfile, runtime_flags=flags)
     if flags.verbose:
         if flags.verbose_takes_level:
             group.add_argument(

@@ -91,6 +91,9 @@ class RuntimeOptions:
     kill_timeout: float = 5.0
     tick: float = 0.5
     extra_preserve: list = field(default_factory=list)
+    # how the program spells its kill and lock file options, for messages
+    kill_option: str = "-k"
+    lockfile_option: str = "-L"
 
 
 def options_from_args(args: argparse.Namespace, **overrides) -> RuntimeOptions:
@@ -103,6 +106,11 @@ def options_from_args(args: argparse.Namespace, **overrides) -> RuntimeOptions:
         default_logfile=getattr(args, "default_logfile", None),
         log_level=clog.verbosity_to_level(int(getattr(args, "verbose", 0) or 0)),
     )
+    flags = getattr(args, "runtime_flags", None)
+    if flags is not None and flags.kill:
+        opts.kill_option = flags.kill[0]
+    if flags is not None and flags.lockfile:
+        opts.lockfile_option = flags.lockfile[0]
     for k, v in overrides.items():
         setattr(opts, k, v)
     return opts
@@ -117,7 +125,11 @@ def run(service: Service, opts: RuntimeOptions) -> int:
     prog = service.name
     if opts.kill:
         if not opts.lockfile:
-            _err(prog, "-k needs a lock file to find the running instance")
+            _err(
+                prog,
+                f"{opts.kill_option} needs the lock file of the running instance:"
+                f" give {opts.lockfile_option} LOCKFILE as it was started with",
+            )
             return EXIT_FAIL
         status, msg = kill_running(opts.lockfile, opts.kill_timeout)
         print(f"{prog}: {msg}", file=sys.stderr if status else sys.stdout, flush=True)

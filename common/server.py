@@ -141,7 +141,28 @@ def address_allowed(host: str, allow) -> bool:
     return any(addr.version == net.version and addr in net for net in allow)
 
 
-class ThreadedTCPServer(socketserver.ThreadingTCPServer):
+def bind_error(exc: OSError, address) -> OSError:
+    """``exc`` from binding ``address``, its text naming the address ("127.0.0.1:3031: ...").
+
+    Programs bind several ports; "cannot listen: Address already in use" alone
+    does not say which one is taken.
+    """
+    host, port = address[0], address[1]
+    where = f"{host}:{port}" if host else f"port {port}"
+    return OSError(exc.errno, f"{where}: {exc.strerror or exc}")
+
+
+class NamesAddressOnBindError:
+    """Mixin for a ``socketserver`` server: a failed bind names the address."""
+
+    def server_bind(self) -> None:
+        try:
+            super().server_bind()
+        except OSError as exc:
+            raise bind_error(exc, self.server_address) from None
+
+
+class ThreadedTCPServer(NamesAddressOnBindError, socketserver.ThreadingTCPServer):
     """``ThreadingTCPServer`` with limits, an allow-list, logging and clean stop.
 
     ``name`` labels log lines (for example ``"STATUS client port"``).

@@ -779,11 +779,11 @@ class MarServer(runtime.Service):
                         allow=s.allow,
                     )
                 )
-        except OSError as exc:
+        except OSError:
             for srv in self.servers:
                 srv.server_close()
             self.servers.clear()
-            raise OSError(exc.errno, f"port {s.client_port(port)}: {exc.strerror}") from None
+            raise
         return self.servers
 
     def start(self) -> None:

@@ -27,7 +27,7 @@ import zmq
 
 from common import runtime
 from common.config import ConfigError
-from common.server import ServerThread
+from common.server import NamesAddressOnBindError, ServerThread
 
 from . import hdf5, protocol
 from .protocol import Header, Image, SeriesEnd
@@ -334,7 +334,7 @@ class H5Replay(threading.Thread):
 
 
 # -- UDP ---------------------------------------------------------------------------
-class UdpServer(socketserver.UDPServer):
+class UdpServer(NamesAddressOnBindError, socketserver.UDPServer):
     """One thread answers every client, datagram by datagram."""
 
     # requests are 9 bytes; anything longer is wrong anyway and is seen truncated

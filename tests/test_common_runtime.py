@@ -113,6 +113,28 @@ def test_kill_when_not_running(tmp_path):
     assert "not running" in res.stderr.decode()
 
 
+@pytest.mark.parametrize(
+    "module,args,needle",
+    [
+        (
+            MOD,
+            ["-p", "1", "-k"],
+            "-k needs the lock file of the running instance: give -L LOCKFILE",
+        ),
+        # marsim spells them --kill and --lockfile (-k, -L do not exist there)
+        (
+            "marserver.sim",
+            ["--kill"],
+            "--kill needs the lock file of the running instance: give --lockfile LOCKFILE",
+        ),
+    ],
+)
+def test_kill_without_lock_file_names_the_options(module, args, needle):
+    res = procs.run(module, *args)
+    assert res.returncode == 1
+    assert needle in res.stderr.decode()
+
+
 def test_stale_lock_is_replaced(tmp_path, port, spawn):
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -162,9 +184,11 @@ def test_port_in_use_leaves_no_lock(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         lock = tmp_path / "echod.lock"
-        res = procs.run(MOD, "-p", str(busy.getsockname()[1]), "-L", str(lock), timeout=20)
+        busy_port = busy.getsockname()[1]
+        res = procs.run(MOD, "-p", str(busy_port), "-L", str(lock), timeout=20)
     assert res.returncode == 1
-    assert "cannot listen" in res.stderr.decode()
+    # the message names the address that is taken (a program may bind several)
+    assert f"cannot listen: 127.0.0.1:{busy_port}: Address already in use" in res.stderr.decode()
     assert not lock.exists()
 
 

@@ -89,6 +89,7 @@ class MrTClient:
         self.sock.settimeout(timeout)
         self._sock_timeout = timeout
         self.last_series = 0
+        self._pong_warned = False
 
     def close(self) -> None:
         self.sock.close()
@@ -119,7 +120,18 @@ class MrTClient:
             msg = protocol.decode_reply(data, self.extended)
             if msg:
                 return msg
-            log.debug("ignored datagram: %s", msg.reason)
+            if data[:1] == bytes([protocol.PONG]) and not self._pong_warned:
+                # a pong of the other kind: the two sides disagree on --extended-pong,
+                # and every pong would be ignored without a word
+                self._pong_warned = True
+                hint = (
+                    "does the server send extended pongs (mr_t --extended-pong)?"
+                    if self.extended
+                    else "the server seems to send extended pongs: use --extended-pong"
+                )
+                log.warning("ignored datagram: %s; %s", msg.reason, hint)
+            else:
+                log.debug("ignored datagram: %s", msg.reason)
 
     def ping(self) -> Pong | ExtendedPong | None:
         try:

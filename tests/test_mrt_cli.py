@@ -17,6 +17,7 @@ from common.lock import pid_alive, read_pid
 from mrt import harness
 from mrt.cli import byte_size, zmq_endpoint
 from mrt.client import MrTClient
+from mrt.protocol import ExtendedPong, Pong
 from mrt.sim import FrameSource
 
 pytestmark = pytest.mark.timeout(90)
@@ -173,6 +174,36 @@ def test_client_usage_and_no_series():
     assert res.returncode == 2
     res = procs.run("mrt.client", f"127.0.0.1:{up}", "--wait", "0.5", "--timeout", "50")
     assert res.returncode == 3 and b"no series" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "pong,flags,hint",
+    [
+        (ExtendedPong(1, 5, 16, 4, 4, "s"), [], b"use --extended-pong"),
+        (Pong(1, 5), ["--extended-pong"], b"does the server send extended pongs"),
+    ],
+)
+def test_client_says_when_pongs_are_of_the_other_kind(pong, flags, hint):
+    # a real UDP peer that answers every ping with the pong of the other kind
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.settimeout(0.05)
+        p = procs.start("mrt.client", f"127.0.0.1:{srv.getsockname()[1]}", "--wait", "1.5",
+                        "--timeout", "50", *flags, stderr=subprocess.PIPE)  # fmt: skip
+        try:
+            end = time.monotonic() + 30
+            while p.poll() is None and time.monotonic() < end:
+                try:
+                    data, addr = srv.recvfrom(64)
+                except TimeoutError:
+                    continue
+                if data[:1] == b"\x00":
+                    srv.sendto(pong.encode(), addr)
+            _, err = p.communicate(timeout=30)
+        finally:
+            procs.stop(p)
+    assert p.returncode == 3
+    assert err.count(hint) == 1, err  # said once, not for every pong
 
 
 def test_sim_cannot_bind(tmp_path):

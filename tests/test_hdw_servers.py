@@ -220,8 +220,10 @@ def test_hdw_client_command_line(port, spawn, tmp_path):
     assert res.returncode == 1 and "unknown command" in res.stderr.decode()
     res = cli("-n", "img_server", "config")
     assert res.returncode == 1 and "this is mca_server" in res.stderr.decode()
-    res = procs.run(mod, "-H", LOOP, "-p", procs.free_port(), "get_status")
+    closed = procs.free_port()
+    res = procs.run(mod, "-H", LOOP, "-p", closed, "get_status")
     assert res.returncode == 3
+    assert res.stderr.decode() == f"hdw-client: {LOOP}:{closed}: Connection refused\n"
     res = procs.run(mod, "-p", "x", "get_status")
     assert res.returncode == 2
     res = cli("exit")

@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hdw-client: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except (OSError, ConnectionClosed) as exc:
-        print(f"hdw-client: {args.host}:{args.port}: {exc}", file=sys.stderr)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"hdw-client: {args.host}:{args.port}: {why}", file=sys.stderr)
         return EXIT_CONNECT
     finally:
         client.close()

@@ -129,7 +129,7 @@ def test_client_port_in_use_is_reported_with_exit_1():
             "127.0.0.1",
         )  # fmt: skip
     assert res.returncode == 1
-    assert f"port {port}" in res.stderr.decode()
+    assert f"cannot listen: 127.0.0.1:{port}: Address already in use" in res.stderr.decode()
 
 
 def test_daemon_lockfile_logfile_and_kill(tmp_path):

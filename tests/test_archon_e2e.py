@@ -15,6 +15,7 @@ from astropy.io import fits
 from archonsrv import sim
 from archonsrv.harness import Rig
 from common import procs
+from common.lock import read_pid
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -344,9 +345,10 @@ def test_daemon_mode_with_lock_file(tmp_path):
         assert list((tmp_path / "logs").glob("camerad_*.log"))
         pid = None
     finally:
-        if pid is not None:
+        # never leak the daemon, even when the test failed before reading its PID
+        for leftover in {pid, read_pid(tmp_path / "cam.pid")} - {None}:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(leftover, signal.SIGKILL)
         rig.stop()
 
 

@@ -441,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_or_exit(build_parser(), argv)
+    if args.lockfile is None and (args.daemon or args.kill):
+        # a daemon needs a lock file that --kill can find without being told
+        port = args.port or P.HARDWARE[args.hardware].base
+        args.lockfile = f"/tmp/marsim-{port}.lock"
     sim = MarSim(
         P.HARDWARE[args.hardware],
         args.host,

@@ -210,6 +210,9 @@ class SpecService(runtime.Service):
 
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_or_exit(build_parser(), argv)
+    if args.lockfile is None and (args.daemon or args.kill):
+        # one daemon per instance name, and -k finds it without being told
+        args.lockfile = f"/tmp/specsrv-{args.name or default_name()}.lock"
     try:
         svc = SpecService(args)
     except ConfigError as exc:

@@ -121,18 +121,27 @@ def test_kill_when_not_running(tmp_path):
             ["-p", "1", "-k"],
             "-k needs the lock file of the running instance: give -L LOCKFILE",
         ),
-        # marsim spells them --kill and --lockfile (-k, -L do not exist there)
-        (
-            "marserver.sim",
-            ["--kill"],
-            "--kill needs the lock file of the running instance: give --lockfile LOCKFILE",
-        ),
     ],
 )
 def test_kill_without_lock_file_names_the_options(module, args, needle):
     res = procs.run(module, *args)
     assert res.returncode == 1
     assert needle in res.stderr.decode()
+
+
+def test_kill_message_uses_long_only_spellings(capsys):
+    # a program that spells them --kill and --lockfile (-k and -L do not exist)
+    from common import cli, runtime
+
+    parser = cli.make_parser("longonly", "test")
+    cli.add_runtime_args(
+        parser, cli.RuntimeFlags(daemon=("--daemon",), kill=("--kill",), lockfile=("--lockfile",))
+    )
+    args = cli.parse_or_exit(parser, ["--kill"])
+    status = runtime.run(runtime.Service(), runtime.options_from_args(args))
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "--kill needs the lock file of the running instance: give --lockfile LOCKFILE" in err
 
 
 def test_stale_lock_is_replaced(tmp_path, port, spawn):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from common import runtime
+from common.config import ConfigError, read_bounded
 
 from . import fitsio
 from . import protocol as P
@@ -298,12 +299,9 @@ class Camera:
         if self.expose_lock.locked():
             raise CommandError("cannot load firmware during an exposure")
         try:
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_ACF_BYTES + 1)
-        except OSError as exc:
-            raise CommandError(f"cannot read ACF {path}: {exc.strerror}") from None
-        if len(data) > MAX_ACF_BYTES:
-            raise CommandError(f"ACF {path} larger than {MAX_ACF_BYTES} bytes")
+            data = read_bounded(path, MAX_ACF_BYTES, "ACF")
+        except ConfigError as exc:
+            raise CommandError(str(exc)) from None
         try:
             acf = P.parse_acf(data.decode("latin-1"), path)
         except P.AcfError as exc:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from common import cli, runtime
-from common.config import ConfigError, read_keyvalue
+from common.config import MAX_CONFIG_BYTES, ConfigError, read_bounded, read_keyvalue
 from common.framing import OverlongLine
 from common.server import ConnectionClosed, LineHandler, ThreadedTCPServer
 
@@ -719,10 +719,7 @@ class ArchonSim(runtime.Service):
 
 
 def read_system_file(path: str) -> dict[str, str]:
-    try:
-        text = Path(path).read_text(encoding="ascii", errors="replace")
-    except OSError as exc:
-        raise ConfigError(f"cannot read system file {path}: {exc.strerror}") from None
+    text = read_bounded(path, MAX_CONFIG_BYTES, "system file").decode("ascii", "replace")
     out: dict[str, str] = {}
     for line in text.splitlines():
         line = line.strip()
@@ -818,12 +815,7 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_or_exit(build_parser(), argv)
-    try:
-        svc = ArchonSim(args)
-    except ConfigError as exc:
-        print(f"archonsim: {exc}", file=sys.stderr)
-        return 2
-    return runtime.run(svc, runtime.options_from_args(args))
+    return runtime.serve("archonsim", args, ArchonSim)
 
 
 if __name__ == "__main__":

@@ -110,16 +110,26 @@ def parse_keyvalue(text: str, source: str = "<string>", min_length: int = 0) -> 
     return cfg
 
 
+def read_bounded(path: str | Path, limit: int, what: str = "configuration file") -> bytes:
+    """Read a whole file of at most ``limit`` bytes; :class:`ConfigError` otherwise.
+
+    Never reads more than ``limit + 1`` bytes, so a wrong path pointing at a
+    huge file costs nothing.  ``what`` names the file in the messages.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(data) > limit:
+        raise ConfigError(f"{what} {path} larger than {limit} bytes")
+    return data
+
+
 def read_keyvalue(path: str | Path, min_length: int = 0) -> KeyValueConfig:
     """Read and parse a configuration file (at most 1 MiB); see :func:`parse_keyvalue`."""
     p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            data = fh.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {p}: {exc.strerror}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{p}: configuration file larger than {MAX_CONFIG_BYTES} bytes")
+    data = read_bounded(p, MAX_CONFIG_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

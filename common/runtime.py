@@ -116,6 +116,21 @@ def options_from_args(args: argparse.Namespace, **overrides) -> RuntimeOptions:
     return opts
 
 
+def serve(prog: str, args: argparse.Namespace, make_service, **overrides) -> int:
+    """Build a service from parsed arguments and :func:`run` it.
+
+    A :class:`~common.config.ConfigError` while building it (an unreadable or
+    invalid configuration file) is a usage error: one line, exit status 2,
+    nothing started and no lock file left.
+    """
+    try:
+        service = make_service(args)
+    except ConfigError as exc:
+        _err(prog, str(exc))
+        return 2
+    return run(service, options_from_args(args, **overrides))
+
+
 def _err(prog: str, msg: str) -> None:
     print(f"{prog}: {msg}", file=sys.stderr, flush=True)
 

@@ -213,12 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lockfile is None and (args.daemon or args.kill):
         # one daemon per instance name, and -k finds it without being told
         args.lockfile = f"/tmp/specsrv-{args.name or default_name()}.lock"
-    try:
-        svc = SpecService(args)
-    except ConfigError as exc:
-        print(f"specsrv: {exc}", file=sys.stderr)
-        return 2
-    return runtime.run(svc, runtime.options_from_args(args))
+    return runtime.serve("specsrv", args, SpecService)
 
 
 if __name__ == "__main__":

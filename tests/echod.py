@@ -100,12 +100,7 @@ def build_parser():
 
 def main(argv=None) -> int:
     args = cli.parse_or_exit(build_parser(), argv)
-    try:
-        svc = Echod(args)
-    except ConfigError as exc:
-        print(f"echod: {exc}", file=sys.stderr)
-        return 2
-    return runtime.run(svc, runtime.options_from_args(args))
+    return runtime.serve("echod", args, Echod)
 
 
 if __name__ == "__main__":

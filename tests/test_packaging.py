@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,7 +14,18 @@ from common import procs
 pytestmark = pytest.mark.timeout(180)
 
 
-def test_wheel_carries_man_pages_and_data(tmp_path):
+@pytest.fixture
+def no_build_litter():
+    """setuptools builds in the source tree; remove what this test made there."""
+    made = [procs.ROOT / "build"]
+    before = {p for p in made if p.exists()}
+    yield
+    for p in made:
+        if p not in before:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def test_wheel_carries_man_pages_and_data(tmp_path, no_build_litter):
     res = subprocess.run(
         [
             sys.executable,

@@ -25,7 +25,7 @@ tools:
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mandoc >/dev/null; }
 
 demo: $(STAMP)
-	$(PY) -m common.demo
+	$(PY) -m demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .

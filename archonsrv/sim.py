@@ -278,7 +278,7 @@ class ArchonState:
                 return None
             return self._dispatch(text)
 
-    def _dispatch(self, text: str):  # noqa: C901 - one flat command table
+    def _dispatch(self, text: str):  # one flat command table
         word = text.split(" ", 1)[0]
         if text == "SYSTEM":
             return self._system()

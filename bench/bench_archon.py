@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 
-from archonsrv.harness import Rig
+from tests.support.archon_rig import Rig
 
 FRAME = 4200 * 4200 * 2
 

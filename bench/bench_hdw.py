@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from common import procs
 from specsrv.hdw.client import Client
+from tests.support import procs
 
 LOOP = "127.0.0.1"
 SIDE = 4096

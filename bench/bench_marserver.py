@@ -30,9 +30,9 @@ import subprocess
 import threading
 import time
 
-from common import procs
 from marserver import protocol as P
 from marserver.client import connect
+from tests.support import procs
 
 HW = P.MAR345
 HOST = procs.LOOPBACK

@@ -32,11 +32,11 @@ import h5py
 import hdf5plugin
 import zmq
 
-from common import procs
-from mrt import harness
 from mrt.protocol import Header, Image, SeriesEnd
 from mrt.server import Hdf5Writer
 from mrt.sim import FrameSource
+from tests.support import mrt_rig as harness
+from tests.support import procs
 
 EIGER2_4M = (2068, 2162)
 EIGER2_500K = (1028, 512)

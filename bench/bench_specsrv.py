@@ -26,9 +26,9 @@ import time
 
 import numpy as np
 
-from common import procs
 from specsrv import protocol as P
 from specsrv.client import SpecConnection
+from tests.support import procs
 
 HOST = "127.0.0.1"
 ARRAY_N = 1_000_000

@@ -11,6 +11,7 @@ file, log file, verbosity, kill) with whatever spellings a program documents.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import ipaddress
 import logging
 import math
@@ -31,6 +32,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, max_help_position=32, width=100)
 
 
+def suite_version() -> str:
+    """The installed package's version (``common.__version__`` when run from a tree)."""
+    try:
+        return importlib.metadata.version("beamline-servers")
+    except importlib.metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def make_parser(
     prog: str,
     description: str,
@@ -38,6 +49,7 @@ def make_parser(
     epilog: str | None = None,
     add_help: bool = True,
     config_option: tuple[str, ...] | None = None,
+    default_config_files: list[str] | None = None,
 ) -> configargparse.ArgumentParser:
     """Return a parser that keeps documented spellings exactly.
 
@@ -45,12 +57,20 @@ def make_parser(
     ``--st`` is not silently ``--status``.  With ``add_help=False`` the program
     adds its own help flag (``sendsockcmd`` uses ``-h`` for the host).
     ``config_option`` names the flags of an optional configargparse
-    ``KEY = VALUE`` file of defaults (for example ``("--config",)``).
+    ``KEY = VALUE`` file of defaults (for example ``("--config",)``), whose
+    keys are the long options without dashes; ``default_config_files`` are
+    read when they exist (see :mod:`common.options`).  The option's ``dest``
+    is ``config_file``.
     """
     kwargs: dict = {}
     if config_option:
         kwargs["args_for_setting_config_path"] = list(config_option)
-        kwargs["config_arg_help_message"] = "read default option values from this file"
+        kwargs["config_arg_help_message"] = (
+            "read option values from this file (KEY = VALUE lines; the keys are the"
+            " long options without --; command-line options win)"
+        )
+        kwargs["add_config_file_help"] = False
+        kwargs["default_config_files"] = list(default_config_files or [])
     parser = configargparse.ArgumentParser(
         prog=prog,
         description=description,
@@ -62,6 +82,12 @@ def make_parser(
     )
     if not add_help:
         parser.add_argument("--help", action="help", help="show this help message and exit")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"{prog} (beamline-servers) {suite_version()}",
+        help="print the program name and version, then exit",
+    )
     return parser
 
 

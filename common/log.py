@@ -5,6 +5,26 @@ thread name.  In the foreground they go to stderr (and to the log file when
 one is given); a daemon logs to its log file, appended, never silently to
 /dev/null.  :func:`reopen` closes and reopens the file so that logrotate can
 move it away (done on SIGHUP by :mod:`common.runtime`).
+
+Verbosity (``-v``) applies to the suite's own loggers only (the names in
+:data:`SUITE_LOGGERS` and the program's name); libraries (h5py, astropy,
+zmq, ...) log at WARNING and above whatever the verbosity, so that their
+debug chatter never reaches a beamline log.
+
+Levels, the same for every program of the suite:
+
+=========  ===============================================================
+ERROR      something failed that an operator must act on: a file not
+           written, a hardware link lost, start-up or reload refused
+WARNING    input or state the program survived but an operator should
+           know of: malformed or overlong client input (rate-limited per
+           peer, :mod:`common.ratelimit`), a client dropped for falling
+           behind, a refused connection, a stale lock replaced
+INFO       the life cycle: start, stop, reload, client connect and
+           disconnect, a series or exposure begun and ended
+DEBUG      one line per command or request (``-v``)
+TRACE      per-packet detail, payload sizes (``-vv``)
+=========  ===============================================================
 """
 
 from __future__ import annotations
@@ -22,7 +42,27 @@ FORMAT = (
 )
 DATEFMT = "%Y-%m-%d %H:%M:%S"
 
+#: top-level logger names of the suite's own code; ``-v`` applies to these
+SUITE_LOGGERS = (
+    "common",
+    "marserver",
+    "marsim",
+    "specsrv",
+    "archonsrv",
+    "camerad",
+    "archonsim",
+    "mrt",
+    "mr_t",
+    "mr_t_client",
+    "eiger-zmq-sim",
+)
+#: level of every other logger (libraries), whatever the verbosity
+LIBRARY_LEVEL = logging.WARNING
+
 _handlers: list[logging.Handler] = []
+_levelled: set[str] = set()
+# the arguments of the last setup_logging call, for retarget()
+_setup: dict = {}
 
 
 class _ProgFilter(logging.Filter):
@@ -103,6 +143,7 @@ def setup_logging(
     A ``logfile`` containing ``%`` is a strftime pattern (``%Y%m%d``): the
     log then starts a new file each day (:class:`DailyFileHandler`).
     """
+    _setup.update(progname=progname, level=level, logfile=logfile, stderr=stderr, utc=utc)
     root = logging.getLogger()
     for h in list(_handlers):
         root.removeHandler(h)
@@ -131,7 +172,32 @@ def setup_logging(
         h.setFormatter(formatter)
         h.addFilter(filt)
         root.addHandler(h)
-    root.setLevel(level)
+    root.setLevel(LIBRARY_LEVEL)
+    _levelled.update(SUITE_LOGGERS)
+    _levelled.add(progname)
+    set_level(level)
+
+
+def retarget(logfile: str | None) -> None:
+    """Log to another file from now on (a changed ``logfile`` option on SIGHUP).
+
+    ``None`` (the option removed) keeps the file in use; stderr logging stays
+    as it was.  An unusable file raises ``OSError`` before anything changes.
+    """
+    if not _setup or not logfile:
+        return
+    logfile = os.path.abspath(logfile)
+    os.makedirs(os.path.dirname(logfile), exist_ok=True)
+    with open(logfile, "a"):
+        pass
+    current = logging.getLogger(_setup["progname"]).level or _setup["level"]
+    setup_logging(
+        _setup["progname"],
+        current,
+        logfile,
+        stderr=_setup["stderr"],
+        utc=_setup["utc"],
+    )
 
 
 def reopen() -> None:
@@ -142,4 +208,6 @@ def reopen() -> None:
 
 
 def set_level(level: int) -> None:
-    logging.getLogger().setLevel(level)
+    """Set the verbosity of the suite's own loggers (libraries stay at WARNING)."""
+    for name in _levelled or SUITE_LOGGERS:
+        logging.getLogger(name).setLevel(level)

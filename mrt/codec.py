@@ -180,7 +180,7 @@ def bslz4_decompress(blob: bytes | memoryview, elem: int, max_bytes: int = 1 << 
             raise CodecError(f"bslz4 block length {clen} runs past the blob end")
         try:
             plain = lz4.block.decompress(bytes(mv[pos : pos + clen]), uncompressed_size=size)
-        except Exception as exc:  # lz4 raises LZ4BlockError; any failure is corrupt data
+        except Exception as exc:  # noqa: BLE001 - lz4 raises LZ4BlockError; any failure is corrupt data
             raise CodecError(f"bslz4 block does not decompress: {exc}") from None
         if len(plain) != size:
             raise CodecError(f"bslz4 block gave {len(plain)} bytes, expected {size}")
@@ -201,7 +201,7 @@ def lz4_compress(raw: bytes | memoryview) -> bytes:
 def lz4_decompress(blob: bytes | memoryview, size: int) -> bytes:
     try:
         out = lz4.block.decompress(bytes(blob), uncompressed_size=size)
-    except Exception as exc:  # corrupt input
+    except Exception as exc:  # noqa: BLE001 - any lz4 failure is corrupt input
         raise CodecError(f"lz4 block does not decompress: {exc}") from None
     if len(out) != size:
         raise CodecError(f"lz4 block gave {len(out)} bytes, expected {size}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common import procs
+from tests.support import procs
 
 
 @pytest.fixture

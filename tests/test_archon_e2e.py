@@ -13,9 +13,9 @@ import pytest
 from astropy.io import fits
 
 from archonsrv import sim
-from archonsrv.harness import Rig
-from common import procs
 from common.lock import read_pid
+from tests.support import procs
+from tests.support.archon_rig import Rig
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from archonsrv.harness import Rig
 from common.sendsockcmd import send_command
+from tests.support.archon_rig import Rig
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -256,7 +256,7 @@ def test_archon_gone_and_back(tmp_path):
     with Rig(tmp_path, readout_ms=200) as rig:
         assert rig.blk("open") == "DONE"
         assert rig.blk("load") == "DONE"
-        from common import procs
+        from tests.support import procs
 
         procs.stop(rig.sim)
         reply = rig.blk("native STATUS")
@@ -275,7 +275,7 @@ def test_archon_gone_and_back(tmp_path):
 
 @pytest.mark.parametrize("module", ["archonsrv.cli", "archonsrv.sim"])
 def test_unusable_config_file_exits_2(tmp_path, module):
-    from common import procs
+    from tests.support import procs
 
     missing = procs.run(module, str(tmp_path / "missing.cfg"))
     assert missing.returncode == 2 and b"missing.cfg" in missing.stderr

@@ -11,7 +11,7 @@ import pytest
 from archonsrv import protocol as P
 from archonsrv import sim
 from archonsrv.controller import ArchonClient, ArchonError
-from common import procs
+from tests.support import procs
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from common import procs
 from common.lock import pid_alive, read_pid
+from tests.support import procs
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from common import procs
 from common.lock import pid_alive, read_pid
+from tests.support import procs
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -9,13 +9,13 @@ import threading
 import numpy as np
 import pytest
 
-from common import procs
 from specsrv.hdw import protocol as P
 from specsrv.hdw.client import Client
 from specsrv.hdw.device import McaDevice
 from specsrv.hdw.img import SimImage
 from specsrv.hdw.mca import SimMca
-from tests.hdw_helpers import LOOP, Raw, inproc, make_device
+from tests.support import procs
+from tests.support.hdw_helpers import LOOP, Raw, inproc, make_device
 
 pytestmark = pytest.mark.timeout(90)
 

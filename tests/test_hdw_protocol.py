@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from specsrv.hdw import protocol as P
 from specsrv.hdw.device import DataBlock, DeviceError
 from specsrv.hdw.session import Session, Shared
-from tests.hdw_helpers import MemoryMca
+from tests.support.hdw_helpers import MemoryMca
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -417,7 +417,7 @@ def test_mca_read_data_travel_in_the_native_type():
 def test_mca_read_is_a_snapshot_for_every_type():
     """send_data's array leaves the lock: it must not change with the spectrum."""
     from specsrv.hdw.mca import SimMca
-    from tests.hdw_helpers import make_device
+    from tests.support.hdw_helpers import make_device
 
     for type_name in sorted(P.DATA_TYPES):
         dev = make_device(SimMca, "-t", type_name, "-n", "16", "-e", "1")

@@ -9,11 +9,11 @@ import subprocess
 
 import pytest
 
-from common import procs
 from common.lock import pid_alive, read_pid
 from specsrv.hdw import protocol as P
 from specsrv.hdw.client import Client
-from tests.hdw_helpers import LOOP, Raw
+from tests.support import procs
+from tests.support.hdw_helpers import LOOP, Raw
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -7,12 +7,12 @@ import subprocess
 import numpy as np
 import pytest
 
-from common import procs
 from specsrv.hdw import protocol as P
 from specsrv.hdw.client import Client, HdwError
 from specsrv.hdw.img import DARK, SimImage
 from specsrv.hdw.mca import SimMca
-from tests.hdw_helpers import LOOP, MemoryMca, Raw, inproc, make_device
+from tests.support import procs
+from tests.support.hdw_helpers import LOOP, MemoryMca, Raw, inproc, make_device
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -269,7 +269,7 @@ def man_page_example() -> str:
 
 def test_the_man_page_example_device_works():
     namespace: dict = {"__name__": "example"}
-    exec(compile(man_page_example(), "specsrv-hdw.7", "exec"), namespace)  # noqa: S102
+    exec(compile(man_page_example(), "specsrv-hdw.7", "exec"), namespace)
     counter = namespace["Counter"]()
     with inproc(counter) as srv, Client(LOOP, srv.port) as c:
         assert c.hello("scaler_server").description == "Scaler card"

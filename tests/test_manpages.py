@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from common import procs
+from tests.support import procs
 
 ROOT = procs.ROOT
 MAN = ROOT / "man"

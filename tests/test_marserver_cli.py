@@ -8,12 +8,11 @@ import socket
 
 import pytest
 
-from common import procs
 from common.lock import pid_alive, read_pid
 from marserver import cli
 from marserver import protocol as P
-
-from .marserver_rig import wait_for
+from tests.support import procs
+from tests.support.marserver_rig import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,8 +11,7 @@ import pytest
 from marserver import protocol as P
 from marserver.client import recv_exact
 from marserver.server import ClientOutput, Fanout, MarServer, Settings
-
-from .marserver_rig import is_closed
+from tests.support.marserver_rig import is_closed
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,10 +11,9 @@ import time
 
 import pytest
 
-from common import procs
 from marserver import protocol as P
-
-from .marserver_rig import (
+from tests.support import procs
+from tests.support.marserver_rig import (
     FakeHardware,
     Relay,
     connect,
@@ -55,7 +54,7 @@ def cmd(c: int, mode: int = 0, *pars: int, text: bytes = b"") -> bytes:
 
 def threads(pid: int) -> int:
     """Number of threads of a process (Linux /proc)."""
-    for line in open(f"/proc/{pid}/status").read().splitlines():  # noqa: SIM115
+    for line in open(f"/proc/{pid}/status").read().splitlines():
         if line.startswith("Threads:"):
             return int(line.split()[1])
     raise AssertionError("no Threads line")

@@ -7,10 +7,17 @@ import time
 
 import pytest
 
-from common import procs
 from marserver import protocol as P
-
-from .marserver_rig import Relay, connect, counters, is_closed, recv_exact, recv_for, wait_for
+from tests.support import procs
+from tests.support.marserver_rig import (
+    Relay,
+    connect,
+    counters,
+    is_closed,
+    recv_exact,
+    recv_for,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,13 +12,13 @@ import hdf5plugin  # noqa: F401 - registers filter 32008 for reading
 import numpy as np
 import pytest
 
-from common import procs
 from common.lock import pid_alive, read_pid
-from mrt import harness
 from mrt.cli import byte_size, zmq_endpoint
 from mrt.client import MrTClient
 from mrt.protocol import ExtendedPong, Pong
 from mrt.sim import FrameSource
+from tests.support import mrt_rig as harness
+from tests.support import procs
 
 pytestmark = pytest.mark.timeout(90)
 

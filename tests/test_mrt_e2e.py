@@ -10,9 +10,10 @@ import hdf5plugin  # noqa: F401 - registers filter 32008 for reading
 import numpy as np
 import pytest
 
-from common import procs
-from mrt import codec, harness, protocol
+from mrt import codec, protocol
 from mrt.sim import FrameSource
+from tests.support import mrt_rig as harness
+from tests.support import procs
 
 pytestmark = pytest.mark.timeout(90)
 

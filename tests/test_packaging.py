@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from common import procs
+from tests.support import procs
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from common import procs
+from tests.support import procs
 
 pytestmark = pytest.mark.timeout(60)
 

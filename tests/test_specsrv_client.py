@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import procs
 from specsrv import client as C
 from specsrv.client import RemoteError, SpecConnection
+from tests.support import procs
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -230,7 +230,7 @@ def test_sprintf_conversions():
 def test_integer_arithmetic_matches_python(expr):
     hw = Hardware(parse_config(""), lambda *a: None)
     it = Interp(hw)
-    assert it.run(expr)[0] == float(eval(expr))  # noqa: S307 - integers and + - * only
+    assert it.run(expr)[0] == float(eval(expr))  # integers and + - * only
 
 
 @settings(max_examples=200, deadline=None)

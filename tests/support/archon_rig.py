@@ -2,7 +2,7 @@
 
 :class:`Rig` writes a configuration (the demo one with free ports and a
 private directory), starts ``archonsim`` and ``camerad`` through
-:mod:`common.procs`, and offers a blocking-port connection, one-shot
+:mod:`tests.support.procs`, and offers a blocking-port connection, one-shot
 non-blocking commands (through ``sendsockcmd``'s function), a multicast
 listener on 127.0.0.1 and a direct Archon connection to the simulator.
 """
@@ -18,11 +18,10 @@ import threading
 import time
 from pathlib import Path
 
-from common import procs
+from archonsrv import config as C
+from archonsrv.controller import ArchonClient
 from common.sendsockcmd import send_command
-
-from . import config as C
-from .controller import ArchonClient
+from tests.support import procs
 
 
 class AsyncListener:
@@ -145,8 +144,8 @@ class Rig:
     def start(self, listen: bool = True) -> Rig:
         if listen:
             self.listener = AsyncListener(self.group, self.asyncport)
-        self.sim_log = open(self.dir / "archonsim.stderr", "wb")  # noqa: SIM115
-        self.cam_log = open(self.dir / "camerad.stderr", "wb")  # noqa: SIM115
+        self.sim_log = open(self.dir / "archonsim.stderr", "wb")
+        self.cam_log = open(self.dir / "camerad.stderr", "wb")
         self.sim = procs.start(
             "archonsrv.sim", str(self.cfgfile), *self.sim_args, stderr=self.sim_log
         )

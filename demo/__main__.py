@@ -1,6 +1,7 @@
 """``make demo``: every simulator and server of the suite on 127.0.0.1.
 
-Each package that has a ``demo`` module contributes a scripted scenario:
+Each program has a scenario module in this folder (not part of the shipped
+packages):
 ``run(report)`` starts its simulator and server as real processes on free
 loopback ports, drives them as a user at a beamline would, records what it
 saw with ``report.step`` and ``report.check``, and stops everything again.
@@ -14,7 +15,15 @@ import sys
 import time
 import traceback
 
-PACKAGES = ("common", "marserver", "specsrv.hdw", "specsrv", "archonsrv", "mrt")
+# section name -> scenario module in this folder
+SCENARIOS = {
+    "common": "runtime",
+    "marserver": "marserver",
+    "specsrv.hdw": "hdw",
+    "specsrv": "specsrv",
+    "archonsrv": "archon",
+    "mrt": "mrt",
+}
 
 
 class Report:
@@ -39,18 +48,16 @@ class Report:
 
 
 def load(pkg: str):
-    name = f"{pkg}.demo" if pkg != "common" else "common.demo_runtime"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name in (name, pkg):
-            return None
-        raise
+    module = SCENARIOS.get(pkg)
+    if module is None:
+        print(f"no demo scenario named {pkg!r}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
+        return None
+    return importlib.import_module(f"demo.{module}")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    wanted = [a for a in argv if not a.startswith("-")] or list(PACKAGES)
+    wanted = [a for a in argv if not a.startswith("-")] or list(SCENARIOS)
     reports: list[tuple[Report, float, str | None]] = []
     print("beamline-servers demo: every simulator and server on 127.0.0.1\n", flush=True)
     for pkg in wanted:

@@ -15,10 +15,9 @@ import tempfile
 import numpy as np
 from astropy.io import fits
 
-from common import procs
-
-from . import sim
-from .harness import Rig
+from archonsrv import sim
+from tests.support import procs
+from tests.support.archon_rig import Rig
 
 
 def run(report) -> None:

@@ -8,9 +8,9 @@ import threading
 import time
 from pathlib import Path
 
-from common import procs
 from marserver import protocol as P
 from marserver.client import connect, recv_exact, recv_for  # noqa: F401 - re-exported
+from tests.support import procs
 
 HOST = procs.LOOPBACK
 
@@ -131,7 +131,7 @@ class Relay:
         self.cbase = procs.free_port_block(4)
         self.add = self.cbase - hw_base
         self.log = log
-        self.logf = open(log, "wb")  # noqa: SIM115 - closed by the test's tmp_path cleanup
+        self.logf = open(log, "wb")  # closed by the test's tmp_path cleanup
         self.proc = spawn(
             "marserver",
             hardware,

@@ -14,9 +14,8 @@ import time
 
 import numpy as np
 
-from common import procs
-
-from .client import RemoteError, SpecConnection
+from specsrv.client import RemoteError, SpecConnection
+from tests.support import procs
 
 
 def run(report) -> None:

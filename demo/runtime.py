@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from . import procs
-from .server import LineHandler, ThreadedTCPServer
+from common.server import LineHandler, ThreadedTCPServer
+from tests.support import procs
 
 
 class _EchoHandler(LineHandler):
     def handle(self) -> None:
-        from .framing import OverlongLine
-        from .server import ConnectionClosed
+        from common.framing import OverlongLine
+        from common.server import ConnectionClosed
 
         while True:
             try:

@@ -14,10 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import procs
-
-from . import protocol as P
-from .client import connect, recv_exact, recv_for, whole
+from marserver import protocol as P
+from marserver.client import connect, recv_exact, recv_for, whole
+from tests.support import procs
 
 HW = P.MAR345
 
@@ -59,7 +58,7 @@ def run(report) -> None:
         simproc = sim()
         procs.wait_port(base + 3, proc=simproc)
         report.step(f"marsim: a mar345 on 127.0.0.1:{base}-{base + 3}, 20 status records/s")
-        logf = open(logpath, "wb")  # noqa: SIM115 - closed with the process below
+        logf = open(logpath, "wb")  # closed with the process below
         relay = procs.start(
             "marserver",
             "-mar",

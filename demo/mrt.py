@@ -19,10 +19,10 @@ import h5py
 import hdf5plugin  # noqa: F401 - filter 32008 for reading
 import numpy as np
 
-from common import procs
-
-from . import harness, protocol
-from .sim import FrameSource
+from mrt import protocol
+from mrt.sim import FrameSource
+from tests.support import mrt_rig as harness
+from tests.support import procs
 
 W, H, N = 1028, 512, 40
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-from common import procs
-
-from .client import MrTClient, SeriesData
+from mrt.client import MrTClient, SeriesData
+from tests.support import procs
 
 
 def endpoint(port: int) -> str:

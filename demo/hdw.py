@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common import procs
-
-from . import protocol as P
-from .client import Client, HdwError
+from specsrv.hdw import protocol as P
+from specsrv.hdw.client import Client, HdwError
+from tests.support import procs
 
 LOOP = "127.0.0.1"
 

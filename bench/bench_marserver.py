@@ -214,7 +214,10 @@ def _latencies(socks: list[socket.socket], seconds: float) -> list[float]:
             if not data:
                 sel.unregister(key.fileobj)
                 continue
-            chunk = framers[key.fileobj].feed(data)
+            framer = framers[key.fileobj]
+            framer.feed(data)
+            ev = framer.next_event()
+            chunk = ev.data if ev is not None else b""
             for i in range(0, len(chunk), 404):
                 lat.append((now - P.send_time(HW, chunk, i)) / 1e6)
     sel.close()

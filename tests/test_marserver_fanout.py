@@ -8,9 +8,11 @@ import time
 
 import pytest
 
+from common.outqueue import OutQueue
 from marserver import protocol as P
 from marserver.client import recv_exact
-from marserver.server import ClientOutput, Fanout, MarServer, Settings
+from marserver.relay import Fanout
+from marserver.server import MarServer, Settings
 from tests.support.marserver_rig import is_closed
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,10 +46,10 @@ def pairs():
         s.close()
 
 
-def outputs(fan: Fanout, socks, limit: int) -> list[ClientOutput]:
+def outputs(fan: Fanout, socks, limit: int) -> list[OutQueue]:
     outs = []
     for i, (s, _) in enumerate(socks):
-        o = ClientOutput(s, f"client{i}", "TEST", limit)
+        o = OutQueue(s, max_bytes=limit, name=f"TEST-client{i}")
         o.start()
         fan.add(o)
         outs.append(o)

@@ -170,3 +170,30 @@ def test_marsim_sighup_applies_scan_blocks(tmp_path):
         mess.close()
     finally:
         assert procs.stop(proc) == 0
+
+
+def test_shipped_example_option_files_parse():
+    """contrib/config/*.conf are valid option files of their programs."""
+    from pathlib import Path
+
+    from common.options import parse_quietly
+    from marserver import cli as mcli
+    from marserver import sim
+    from specsrv.hdw.cli import build_parser
+    from specsrv.hdw.img import SimImage
+    from specsrv.hdw.mca import SimMca
+
+    conf = Path(__file__).resolve().parent.parent / "contrib" / "config"
+    parsers = {
+        "marserver": mcli.build_parser(),
+        "marsim": sim.build_parser(),
+        "mca_server": build_parser(SimMca, "mca_server"),
+        "img_server": build_parser(SimImage, "img_server"),
+    }
+    for prog, parser in parsers.items():
+        args = parse_quietly(parser, ["--config", str(conf / f"{prog}.conf")])
+        assert args.config_file == str(conf / f"{prog}.conf")
+        if prog == "marserver":
+            assert args.hardware == "mar345" and args.max_clients == 10
+        if prog in ("mca_server", "img_server"):
+            assert args.max_connections == 8 and args.idle_timeout == 0

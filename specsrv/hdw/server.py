@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from common import runtime
 from common.options import LiveOptions
-from common.server import ThreadedTCPServer, address_allowed, parse_allow
+from common.server import ThreadedTCPServer, address_allowed, parse_allow, send_all
 
 from . import protocol as P
 from .device import Device
@@ -89,12 +89,7 @@ class HdwHandler(socketserver.BaseRequestHandler):
 
     def send(self, data) -> bool:
         """Send all of ``data``; False if the peer is gone."""
-        try:
-            self.request.sendall(data)
-            return True
-        except OSError as exc:
-            log.debug("%s: %s gone while sending: %s", self.server.name, self.peer, exc)
-            return False
+        return send_all(self.request, data, self.server.name, self.peer)
 
     def _idle_timeout(self) -> float | None:
         return self.server.idle_timeout or None

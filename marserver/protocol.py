@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import enum
 import struct
-import sys
 from array import array
 from dataclasses import dataclass, field
 
@@ -52,11 +51,6 @@ class Port(enum.IntEnum):
     @property
     def label(self) -> str:
         return PORT_LABELS[self]
-
-    @property
-    def to_hardware(self) -> bool:
-        """True for COMMAND (clients write); the others flow hardware -> clients."""
-        return self is Port.COMM
 
 
 PORT_LABELS = {Port.COMM: "COMMAND", Port.STAT: "STATUS", Port.DATA: "DATA", Port.MESS: "MESSAGE"}
@@ -291,8 +285,6 @@ def swap_records(hw: RecordLayout, port: Port, chunk: bytes) -> bytes:
         out[off + lo : off + hi] = _swap_words(out[off + lo : off + hi], 4)
     return bytes(out)
 
-
-NATIVE_IS_BIG = sys.byteorder == "big"
 
 # ---------------------------------------------------------------------------
 # COMMAND records

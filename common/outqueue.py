@@ -38,9 +38,18 @@ producer, which usually hands the same record to every client) plus
 
 from __future__ import annotations
 
+import array
 import collections
+import contextlib
+import ctypes
+import errno
+import fcntl
 import logging
+import os
+import select
 import socket
+import sys
+import termios
 import threading
 import time
 from collections.abc import Callable
@@ -55,6 +64,12 @@ DEFAULT_MAX_RECORDS = 65536
 IOV_MAX = 1024
 #: ... and at most about this many bytes
 GATHER_BYTES = 1 << 20
+#: largest pipe a :class:`PipeOutQueue` asks for (the unprivileged kernel limit)
+PIPE_MAX = 1 << 20
+#: socket timeout a :class:`PipeOutQueue` sets when there is none (see there)
+SOCKET_WAIT = 86400.0
+#: how long the pipe writer waits for socket space between checks, ms
+POLL_MS = 200
 
 Buffer = bytes | bytearray | memoryview
 
@@ -271,3 +286,194 @@ def _after(parts: list[Buffer], n: int) -> list[Buffer]:
     if n and rest:
         rest[0] = memoryview(rest[0])[n:]
     return rest
+
+
+# ---------------------------------------------------------------------------
+# by reference: a kernel pipe in front of the queue (Linux tee/splice)
+
+
+def _load_tee():
+    """libc ``tee(2)`` through ctypes, or None where there is none."""
+    if not hasattr(os, "splice") or not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.tee
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint]
+    fn.restype = ctypes.c_ssize_t
+    return fn
+
+
+_tee = _load_tee()
+SPLICE_F_NONBLOCK = 2
+F_SETPIPE_SZ = 1031
+
+
+def pipe_fill(fd: int) -> int:
+    """Bytes waiting in a pipe (FIONREAD)."""
+    buf = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return buf[0]
+
+
+def make_pipe(capacity: int) -> tuple[int, int, int]:
+    """A pipe of about ``capacity`` bytes (as far as the kernel allows): (r, w, size)."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        size = fcntl.fcntl(w, F_SETPIPE_SZ, capacity)
+    except OSError:
+        size = fcntl.fcntl(w, F_SETPIPE_SZ - 1)  # F_GETPIPE_SZ: keep the default
+    return r, w, size
+
+
+def tee_available() -> bool:
+    return _tee is not None
+
+
+def tee(src: int, dst: int, n: int) -> int:
+    """Duplicate up to ``n`` bytes from pipe ``src`` into pipe ``dst`` without copying
+    or consuming them; 0 if ``dst`` is full."""
+    got = _tee(src, dst, n, SPLICE_F_NONBLOCK)
+    if got < 0:
+        err = ctypes.get_errno()
+        if err in (errno.EAGAIN, errno.EINTR):
+            return 0
+        raise OSError(err, os.strerror(err))
+    return got
+
+
+class PipeOutQueue(OutQueue):
+    """An :class:`OutQueue` whose records can also arrive by reference.
+
+    A producer that holds its records in a kernel pipe (a fan-out reading
+    the source with ``splice``) duplicates them into this client's pipe with
+    :meth:`offer_pipe` (``tee(2)``: no byte is copied), and the writer thread
+    moves them on to the socket with ``splice(2)``.  When the client's pipe
+    has no room for a chunk, the producer gives the bytes to :meth:`put`
+    instead: the client is then served from the ordinary queue (its pipe is
+    drained first, so the order is kept) until that queue is empty, and then
+    by reference again.  The bound is the same as :class:`OutQueue`'s: pipe
+    contents plus queued bytes may not pass ``max_bytes``.
+
+    The socket gets a timeout (:data:`SOCKET_WAIT`) if it has none: its
+    descriptor is then non-blocking, and a reader of the same socket sees
+    ``TimeoutError`` after that long without data.
+    """
+
+    def __init__(self, sock: socket.socket, **kw) -> None:
+        kw["fast_path"] = False
+        super().__init__(sock, **kw)
+        # a socket timeout makes the descriptor non-blocking (Python waits in
+        # poll instead), so that splice never sleeps holding the pipe
+        if sock.gettimeout() is None:
+            sock.settimeout(SOCKET_WAIT)
+        cap = min(self.max_bytes, PIPE_MAX)
+        self._r, self._w, self.pipe_size = make_pipe(cap)
+        self._by_pipe = True  # False while records go through the ordinary queue
+        self._kicked = False
+        self.thread = threading.Thread(target=self._run_pipe, name=self.thread.name, daemon=True)
+
+    @property
+    def backlog(self) -> int:
+        try:
+            return self._queued + (pipe_fill(self._r) if not self.closed else 0)
+        except OSError:
+            return self._queued
+
+    def offer_pipe(self, src: int, n: int) -> int:
+        """tee ``n`` bytes from pipe ``src``; returns how many went (``n``, fewer, or 0)."""
+        with self._cond:
+            if self.closed or not self._by_pipe:
+                return 0
+            if pipe_fill(self._r) + n > self.pipe_size:
+                return 0
+            got = tee(src, self._w, n)
+            if got:
+                self._kicked = True
+                self._cond.notify()
+            return got
+
+    def put(self, record: Buffer, *more: Buffer) -> bool:
+        parts = [record, *more]
+        size = sum(len(p) for p in parts)
+        with self._cond:
+            if self.closed:
+                return False
+            in_pipe = pipe_fill(self._r)
+            if (
+                in_pipe + self._queued + size > self.max_bytes
+                or len(self._queue) + len(parts) > self.max_records
+            ):
+                self._queued += in_pipe  # for the message: everything waiting
+                self._overflow_locked(size)
+                return False
+            self._by_pipe = False
+            self._queue.extend(parts)
+            self._queued += size
+            self._cond.notify()
+            return True
+
+    def _run_pipe(self) -> None:
+        fd = self.sock.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        try:
+            while True:
+                with self._cond:
+                    while not (self._kicked or self._queue or self.closed):
+                        self._cond.wait()
+                    if self.closed:
+                        return
+                    self._kicked = False
+                # the pipe first: what is in it is older than anything queued
+                while True:
+                    try:
+                        n = os.splice(self._r, fd, self.pipe_size, flags=SPLICE_F_NONBLOCK)
+                    except BlockingIOError:
+                        # the pipe is empty, or the socket full: then wait outside
+                        # splice, which would hold the pipe (and the producer) meanwhile
+                        if pipe_fill(self._r) == 0:
+                            break
+                        poller.poll(POLL_MS)
+                        if self.closed:
+                            return
+                        continue
+                    if n <= 0:
+                        break
+                    self.sent += n
+                    if self.on_progress is not None:
+                        self.on_progress()
+                with self._cond:
+                    if not self._queue:
+                        if not self._by_pipe and pipe_fill(self._r) == 0:
+                            self._by_pipe = True
+                        continue
+                    q = self._queue
+                    parts = [q.popleft()]
+                    size = len(parts[0])
+                    while q and len(parts) < IOV_MAX and size < GATHER_BYTES:
+                        parts.append(q.popleft())
+                        size += len(parts[-1])
+                    self._queued -= size
+                left = size
+                while True:
+                    n = self.sock.sendmsg(parts)
+                    self.sent += n
+                    if n >= left:
+                        break
+                    parts = _after(parts, n)
+                    left -= n
+                if self.on_progress is not None:
+                    self.on_progress()
+        except OSError as exc:
+            with self._cond:
+                self._close_locked(f"send failed: {exc.strerror or exc}")
+        finally:
+            with self._cond:
+                self._close_locked(self.reason or "closed")
+                for p in (self._r, self._w):
+                    with contextlib.suppress(OSError):
+                        os.close(p)
+                self._r = self._w = -1

@@ -14,7 +14,10 @@
   :class:`common.outqueue.OutQueue` (gathered writes, a writer thread per
   client).  A client whose queue passes the bound is disconnected with a
   log line; nothing else waits for it.  Clients join at a record boundary
-  because only whole records are published.
+  because only whole records are published.  DATA, the port with the bulk
+  of the bytes, goes by reference where Linux allows it and nothing is
+  swapped (:class:`SpliceFanout`: ``splice``/``tee`` through pipes, no copy
+  in marserver), with the same limits and policy.
 * COMMAND records from clients are written to the hardware one record at a
   time under one lock (:meth:`HardwareLink.send_command`), so two clients'
   commands never interleave.  Commands arriving while the hardware is away
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import socket
 import struct
 import threading
@@ -34,7 +38,13 @@ import time
 from dataclasses import dataclass
 
 from common.log import TRACE
-from common.outqueue import OutQueue
+from common.outqueue import (
+    PIPE_MAX,
+    OutQueue,
+    PipeOutQueue,
+    make_pipe,
+    tee_available,
+)
 
 from . import protocol as P
 
@@ -120,6 +130,12 @@ class Fanout:
         self.records = 0
         self.waits = 0
 
+    def attach(self, sock: socket.socket, **kw) -> OutQueue:
+        """A started queue for a new client, added to the fan-out."""
+        out = OutQueue(sock, **kw).start()
+        self.add(out)
+        return out
+
     def add(self, out: OutQueue) -> int:
         out.on_progress = self._wake
         self._gave_up = False  # a new client gets the benefit of flow control
@@ -149,6 +165,12 @@ class Fanout:
 
     def publish(self, chunk: bytes) -> None:
         """Hand whole records to every client; never blocks on one client."""
+        self._flow_control()
+        for c in self._clients:
+            c.put(chunk)
+
+    def _flow_control(self) -> None:
+        """With back-pressure: wait while every client is behind (bounded)."""
         if self.high_water and not self._gave_up and self._all_behind():
             self.waits += 1
             deadline = time.monotonic() + STALL_WAIT
@@ -163,8 +185,84 @@ class Fanout:
                         break
                     self._space.wait(min(left, 0.005))
                 self._waiting = False
-        for c in self._clients:
-            c.put(chunk)
+
+
+class SpliceFanout(Fanout):
+    """A :class:`Fanout` that moves records by reference (Linux ``splice``/``tee``).
+
+    :meth:`pump` splices the hardware socket into a pipe; whole records are
+    duplicated into every client's :class:`~common.outqueue.PipeOutQueue`
+    pipe with ``tee(2)`` and spliced on to the client sockets, so marserver
+    copies no byte of them.  A client whose pipe has no room gets the bytes
+    through its ordinary queue (read from the pipe once for all such
+    clients); limits, the drop policy and back-pressure are those of
+    :class:`Fanout`.  Used for ports whose records are not byte-swapped.
+    """
+
+    CHUNK = 256 * 1024
+
+    @staticmethod
+    def available() -> bool:
+        return tee_available()
+
+    def __init__(self, label: str, high_water: int = 0) -> None:
+        super().__init__(label, high_water)
+        self.pending = 0  # bytes of an unfinished record in the source pipe
+
+    def attach(self, sock: socket.socket, **kw) -> OutQueue:
+        out = PipeOutQueue(sock, **kw).start()
+        self.add(out)
+        return out
+
+    def pump(self, sock: socket.socket, size: int, stop: threading.Event) -> tuple[str, str]:
+        """Relay ``sock`` until it ends; returns (``"eof"``|``"error"``, reason)."""
+        src_r, src_w, cap = make_pipe(PIPE_MAX)
+        devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        self.pending = 0
+        try:
+            while True:
+                try:
+                    k = os.splice(sock.fileno(), src_w, min(self.CHUNK, cap - self.pending))
+                except OSError as exc:
+                    return "error", exc.strerror or str(exc)
+                if k == 0:
+                    return "eof", "closed by the hardware"
+                self.pending += k
+                whole = self.pending - self.pending % size
+                if not whole:
+                    continue
+                self.records += whole // size
+                self._flow_control()
+                rest = []
+                for c in self._clients:
+                    if not c.closed:
+                        got = c.offer_pipe(src_r, whole)
+                        if got < whole:
+                            rest.append((c, got))
+                if rest:
+                    data = _read_exactly(src_r, whole)
+                    for c, got in rest:
+                        c.put(memoryview(data)[got:])
+                else:
+                    left = whole
+                    while left:
+                        left -= os.splice(src_r, devnull, left)
+                self.pending -= whole
+        finally:
+            for fd in (src_r, src_w, devnull):
+                os.close(fd)
+
+
+def _read_exactly(fd: int, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if k <= 0:
+            raise OSError("pipe ended early")
+        got += k
+    return buf
 
 
 # ---------------------------------------------------------------------------
@@ -469,6 +567,17 @@ class HardwareLink:
         size = self.hw.record_size(port)
         framer = P.RecordFramer(size)
         fanout = self.fanouts.get(port)
+        if isinstance(fanout, SpliceFanout) and not self.swap:
+            kind, why = fanout.pump(sock, size, self._stop)
+            self._set_lost(f"{port.label} port: {why}", kind, generation)
+            if fanout.pending and not self._stop.is_set():
+                log.warning(
+                    "%s: discarded %d bytes of an incomplete %d-byte record from the hardware",
+                    port.label,
+                    fanout.pending,
+                    size,
+                )
+            return
         trace = log.isEnabledFor(TRACE)
         ignored = 0
         try:

@@ -32,6 +32,7 @@ from .relay import (
     RECV_SIZE,
     Fanout,
     HardwareLink,
+    SpliceFanout,
     set_keepalive,
 )
 
@@ -61,15 +62,14 @@ class FanoutHandler(_ClientConnection):
 
     def handle(self) -> None:
         port = self.server
-        out = OutQueue(
+        out = port.fanout.attach(
             self.request,
             max_bytes=port.queue_limit,
             max_records=MAX_QUEUED_RECORDS,
             name=f"{port.label}-{self.peer}",
             on_overflow=self._overflow,
         )
-        out.start()
-        n = port.fanout.add(out)
+        n = len(port.fanout.clients())
         log.info("%s: client %s connected (%d clients)", port.label, self.peer, n)
         ignored = 0
         why = "client closed the connection"
@@ -77,6 +77,8 @@ class FanoutHandler(_ClientConnection):
             while True:
                 try:
                     data = self.request.recv(4096)
+                except TimeoutError:
+                    continue  # the queue may set a (long) timeout; a quiet client is fine
                 except OSError as exc:
                     why = f"connection error: {exc.strerror or exc}"
                     break
@@ -233,7 +235,9 @@ class MarServer(runtime.Service):
         # the hardware reader never waits for clients unless back-pressure is asked for
         high_water = self.queue_limit // 2 if s.backpressure else 0
         self.fanouts = {
-            p: Fanout(p.label, high_water=high_water) for p in s.ports if p is not P.Port.COMM
+            p: self._fanout_class(p)(p.label, high_water=high_water)
+            for p in s.ports
+            if p is not P.Port.COMM
         }
         self.link = HardwareLink(
             s.hw,
@@ -255,6 +259,12 @@ class MarServer(runtime.Service):
                 queue=self.set_queue,
                 backoff=self.link.policy.set_backoff_max,
             )
+
+    def _fanout_class(self, port: P.Port) -> type[Fanout]:
+        """DATA goes by reference (splice/tee) where the kernel can and nothing is swapped."""
+        if port is P.Port.DATA and not self.settings.swap and SpliceFanout.available():
+            return SpliceFanout
+        return Fanout
 
     def _queue_bound(self, wanted: int) -> int:
         # a record must always fit, however small the bound

@@ -11,7 +11,7 @@ import pytest
 from common.outqueue import OutQueue
 from marserver import protocol as P
 from marserver.client import recv_exact
-from marserver.relay import Fanout
+from marserver.relay import Fanout, SpliceFanout
 from marserver.server import MarServer, Settings
 from tests.support.marserver_rig import is_closed
 
@@ -169,3 +169,113 @@ def test_by_default_the_hardware_reader_never_waits_for_a_stalled_client(pairs):
 
 def test_backpressure_is_opt_in():
     assert _fanout_of(queue_limit=60_000, backpressure=True).high_water == 30_000
+
+
+# -- the by-reference fan-out (splice/tee), as marserver uses it for DATA
+
+needs_tee = pytest.mark.skipif(not SpliceFanout.available(), reason="no tee(2) here")
+
+
+def _pump(fan: SpliceFanout, src: socket.socket, size: int) -> threading.Thread:
+    t = threading.Thread(target=fan.pump, args=(src, size, threading.Event()), daemon=True)
+    t.start()
+    return t
+
+
+@needs_tee
+def test_splice_fanout_every_client_gets_whole_records_in_order(pairs):
+    (hw, src), *clients = pairs(4)
+    fan = SpliceFanout("TEST")
+    outs = [fan.attach(s, max_bytes=8 << 20, name=f"c{i}") for i, (s, _) in enumerate(clients)]
+    pump = _pump(fan, src, 1000)
+    recs = records(3000, 1000)
+    wire = b"".join(recs) + b"\x01" * 333  # and an unfinished record, held back
+    got: list[bytes] = [b""] * 3
+
+    def read(i):
+        got[i] = recv_exact(clients[i][1], 1000 * len(recs), timeout=30)
+
+    ts = [threading.Thread(target=read, args=(i,)) for i in range(3)]
+    for t in ts:
+        t.start()
+    for i in range(0, len(wire), 7777):  # pieces that split records anywhere
+        hw.sendall(wire[i : i + 7777])
+    for t in ts:
+        t.join(30)
+    assert got == [b"".join(recs)] * 3
+    assert fan.records == 3000
+    hw.close()
+    pump.join(5)
+    assert not pump.is_alive() and fan.pending == 333
+    for o in outs:
+        o.close()
+        o.join(2)
+        assert not o.thread.is_alive()
+
+
+@needs_tee
+def test_splice_fanout_slow_reader_goes_through_the_queue_and_back_losing_nothing(pairs):
+    (hw, src), (fs, fc), (ss, sc) = pairs(1)[0], *pairs(1), *pairs(1, rcvbuf=4096)
+    fan = SpliceFanout("TEST")
+    fast = fan.attach(fs, max_bytes=64 << 20, name="fast")
+    slow = fan.attach(ss, max_bytes=64 << 20, name="slow")
+    _pump(fan, src, 1000)
+    recs = records(6000, 1000)
+    got = [bytearray(), bytearray()]
+
+    def read(i, sock, pause):
+        sock.settimeout(30)
+        while len(got[i]) < len(recs) * 1000:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            got[i] += chunk
+            if pause and len(got[i]) < 3_000_000:
+                time.sleep(0.002)  # slow at first: its pipe fills, the queue takes over
+
+    ts = [
+        threading.Thread(target=read, args=(0, fc, False)),
+        threading.Thread(target=read, args=(1, sc, True)),
+    ]
+    for t in ts:
+        t.start()
+    hw.sendall(b"".join(recs))
+    for t in ts:
+        t.join(60)
+    assert [bytes(g) for g in got] == [b"".join(recs)] * 2
+    assert not fast.closed and not slow.closed
+    hw.close()
+
+
+@needs_tee
+def test_splice_fanout_stalled_client_is_dropped_and_the_others_lose_nothing(pairs):
+    (hw, src), (fs, fc), (ss, sc) = pairs(1)[0], *pairs(1), *pairs(1, rcvbuf=4096)
+    fan = SpliceFanout("TEST")
+    fast = fan.attach(fs, max_bytes=2_000_000, name="fast")
+    stalled = fan.attach(ss, max_bytes=2_000_000, name="stalled")
+    _pump(fan, src, 1000)
+    recs = records(8000, 1000)
+    got = bytearray()
+
+    def read():
+        got.extend(recv_exact(fc, len(recs) * 1000, timeout=30))
+
+    t = threading.Thread(target=read)
+    t.start()
+    for i in range(0, len(recs), 100):
+        hw.sendall(b"".join(recs[i : i + 100]))
+    t.join(30)
+    assert bytes(got) == b"".join(recs)
+    assert stalled.closed and "fell behind" in stalled.reason
+    assert not fast.closed
+    assert is_closed(sc)
+    hw.close()
+
+
+def test_marserver_uses_the_splice_fanout_for_data_unless_swapping():
+    if not SpliceFanout.available():
+        pytest.skip("no tee(2) here")
+    assert isinstance(_fanout_of(), SpliceFanout)
+    srv = MarServer(Settings(hw=P.MAR345, swap=True))
+    assert not any(isinstance(f, SpliceFanout) for f in srv.fanouts.values())
+    assert type(MarServer(Settings(hw=P.MAR345)).fanouts[P.Port.STAT]) is Fanout

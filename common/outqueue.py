@@ -119,6 +119,8 @@ class OutQueue:
         self.closed = False
         self.reason = ""
         self.sent = 0
+        #: when a send last moved bytes (monotonic), for telling slow from stalled
+        self.last_progress = time.monotonic()
         self.thread = threading.Thread(target=self._run, name=f"writer-{name}", daemon=True)
 
     def start(self) -> OutQueue:
@@ -176,8 +178,8 @@ class OutQueue:
                 self._queued += size - n
             if self._queue:  # records queued meanwhile or a remainder: wake the writer
                 self._cond.notify()
-        if n and self.on_progress is not None:
-            self.on_progress()
+        if n:
+            self._progressed()
         return True
 
     def close(self, reason: str = "closed") -> None:
@@ -202,6 +204,11 @@ class OutQueue:
             self.thread.join(timeout)
 
     # -- internals ---------------------------------------------------------
+    def _progressed(self) -> None:
+        self.last_progress = time.monotonic()
+        if self.on_progress is not None:
+            self.on_progress()
+
     def _overflow_locked(self, size: int) -> None:
         queued, records = self._queued, len(self._queue)
         self._close_locked(
@@ -272,8 +279,7 @@ class OutQueue:
                 self._busy = False
                 self.sent += sent
                 self._cond.notify_all()  # the next batch, or flush_and_close waiters
-            if self.on_progress is not None:
-                self.on_progress()
+            self._progressed()
 
 
 def _after(parts: list[Buffer], n: int) -> list[Buffer]:
@@ -443,8 +449,7 @@ class PipeOutQueue(OutQueue):
                     if n <= 0:
                         break
                     self.sent += n
-                    if self.on_progress is not None:
-                        self.on_progress()
+                    self._progressed()
                 with self._cond:
                     if not self._queue:
                         if not self._by_pipe and pipe_fill(self._r) == 0:
@@ -465,8 +470,7 @@ class PipeOutQueue(OutQueue):
                         break
                     parts = _after(parts, n)
                     left -= n
-                if self.on_progress is not None:
-                    self.on_progress()
+                self._progressed()
         except OSError as exc:
             with self._cond:
                 self._close_locked(f"send failed: {exc.strerror or exc}")

@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--backpressure",
         action="store_true",
-        help="when every client of a port is behind, pause reading that hardware port"
-        " (up to 3 s) instead of dropping them all; off by default, as the hardware"
+        help="when a client that still reads falls behind, pause reading that hardware"
+        " port (up to 3 s) instead of dropping it; off by default, as the hardware"
         " reader then waits for clients",
     )
     cli.add_runtime_args(

@@ -61,7 +61,8 @@ KICK_LIMIT = 3  # hardware-side closes ...
 KICK_WINDOW = 60.0  # ... within this many seconds mean somebody else is connected
 KICK_SHORT = 30.0  # a connection that lived less than this and then got EOF counts as a kick
 DROPPED_COMMAND_LOG_LINES = 10  # per outage; further drops are counted and summed up
-STALL_WAIT = 3.0  # --backpressure: longest pause of the hardware reader when every client is behind
+STALL_WAIT = 3.0  # --backpressure: longest pause of the hardware reader for a slow client
+STALL_GRACE = 0.5  # --backpressure: a client that moved no byte for this long is not waited for
 
 
 def set_keepalive(sock: socket.socket, idle: int = 10, interval: int = 5, count: int = 3) -> None:
@@ -109,14 +110,16 @@ class Fanout:
     client whose queue passes its bound is dropped.
 
     Optional back-pressure (``high_water`` > 0, marserver's ``--backpressure``)
-    follows the *fastest* client: when every client has more than
-    ``high_water`` bytes waiting, :meth:`publish` waits (at most
-    ``STALL_WAIT`` seconds, and not again until some client has made
-    progress) until one of them has drained, so a hardware that sends faster
-    than any client can read is slowed to the pace of the best reader instead
-    of getting all clients dropped.  The hardware reader then does wait for
-    clients (a lone stalled client holds it up to ``STALL_WAIT``), which is
-    why it is off unless asked for.
+    follows the slowest client that is still reading: when a client has more
+    than ``high_water`` bytes waiting and has moved bytes within the last
+    ``STALL_GRACE`` seconds, :meth:`publish` waits (at most ``STALL_WAIT``
+    seconds, and not again until some client has made progress) until it
+    has drained.  A hardware that sends faster than the clients read is so
+    slowed to their pace instead of getting clients dropped; a client that
+    has taken nothing for ``STALL_GRACE`` is not waited for and is dropped
+    at its bound.  The hardware reader then does wait for clients (a
+    stalled client holds it up to ``STALL_GRACE``), which is why it is off
+    unless asked for.
     """
 
     def __init__(self, label: str, high_water: int = 0) -> None:
@@ -160,8 +163,12 @@ class Fanout:
                 self._space.notify_all()
 
     def _all_behind(self) -> bool:
-        backlogs = [c.backlog for c in self._clients if not c.closed]
-        return bool(backlogs) and min(backlogs) > self.high_water
+        """A client still reading is more than ``high_water`` behind."""
+        now = time.monotonic()
+        return any(
+            not c.closed and c.backlog > self.high_water and now - c.last_progress < STALL_GRACE
+            for c in self._clients
+        )
 
     def publish(self, chunk: bytes) -> None:
         """Hand whole records to every client; never blocks on one client."""

@@ -94,6 +94,7 @@ def test_eviction_order_prefers_silent_then_least_recent():
 def test_idle_connections_never_lock_out_a_new_client(tmp_path, module):
     proc, port, logf = start(tmp_path, module)
     try:
+        time.sleep(0.3)  # wait_port's probe connection has left the server's table
         # 8 connections that never say anything fill the server
         squatters = [Raw(port) for _ in range(8)]
         time.sleep(MIN_IDLE + 0.2)  # let them all become idle (not a timing assertion)

@@ -149,7 +149,9 @@ def test_marsim_sighup_applies_scan_blocks(tmp_path):
         procs.wait_port(base + 3, proc=proc)
         mess = connect(base + int(P.Port.MESS))
         comm = connect(base + int(P.Port.COMM))
-        assert procs.wait_until(lambda: count(logf, "MESSAGE: client") >= 1)
+        me = f"127.0.0.1:{mess.getsockname()[1]}"
+        # our MESSAGE connection, not wait_port's probe, owns the port now
+        assert procs.wait_until(lambda: count(logf, f"client {me}") >= 1)
         assert _scan_started(comm, mess).endswith("Started: 4 blocks")
         conf.write_text("scan-blocks = 7\nscan-rate = 1000\n")
         hup_and_wait(proc, logf)

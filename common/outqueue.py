@@ -314,7 +314,6 @@ def _load_tee():
 
 _tee = _load_tee()
 SPLICE_F_NONBLOCK = 2
-F_SETPIPE_SZ = 1031
 
 
 def pipe_fill(fd: int) -> int:
@@ -327,10 +326,11 @@ def pipe_fill(fd: int) -> int:
 def make_pipe(capacity: int) -> tuple[int, int, int]:
     """A pipe of about ``capacity`` bytes (as far as the kernel allows): (r, w, size)."""
     r, w = os.pipe2(os.O_CLOEXEC)
+    capacity = max(4096, min(capacity, 1 << 30))  # a C int for fcntl
     try:
-        size = fcntl.fcntl(w, F_SETPIPE_SZ, capacity)
-    except OSError:
-        size = fcntl.fcntl(w, F_SETPIPE_SZ - 1)  # F_GETPIPE_SZ: keep the default
+        size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, capacity)
+    except OSError:  # over the per-user pipe allowance: keep the default size
+        size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)
     return r, w, size
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -288,3 +289,16 @@ def test_marserver_uses_the_splice_fanout_for_data_unless_swapping():
     srv = MarServer(Settings(hw=P.MAR345, swap=True))
     assert not any(isinstance(f, SpliceFanout) for f in srv.fanouts.values())
     assert type(MarServer(Settings(hw=P.MAR345)).fanouts[P.Port.STAT]) is Fanout
+
+
+@needs_tee
+def test_pipes_have_the_asked_size_and_leak_nothing():
+    from common.outqueue import PIPE_MAX, make_pipe
+
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for want in (1, 60_000, PIPE_MAX, 1 << 40):
+        r, w, size = make_pipe(want)
+        os.close(r)
+        os.close(w)
+        assert size >= min(want, PIPE_MAX) and size >= 4096
+    assert len(os.listdir("/proc/self/fd")) == fds_before

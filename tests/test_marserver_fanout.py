@@ -306,3 +306,32 @@ def test_pipes_have_the_asked_size_and_leak_nothing():
     os.close(w)
     assert size >= 4096
     assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+# -- common.outqueue.OutQueue itself
+
+
+def test_outqueue_gathered_partial_writes_keep_every_byte_in_order(pairs):
+    ((s, c),) = pairs(1, rcvbuf=8192)
+    q = OutQueue(s, max_bytes=64 << 20, name="t").start()
+    parts = [bytes([i % 251]) * (1 + (i * 37) % 5000) for i in range(3000)]
+    for i in range(0, len(parts), 3):
+        assert q.put(*parts[i : i + 3])  # several parts queued together, in order
+    want = b"".join(parts)
+    assert recv_exact(c, len(want), timeout=30) == want
+    assert q.flush_and_close(5) and q.sent == len(want)
+    q.join(2)
+    assert not q.thread.is_alive()
+
+
+def test_outqueue_record_bound_drops_the_client(pairs):
+    ((s, c),) = pairs(1, rcvbuf=4096)
+    seen = []
+    q = OutQueue(
+        s, max_bytes=1 << 30, max_records=50, name="t", on_overflow=lambda *a: seen.append(a[1:])
+    ).start()
+    ok = [q.put(b"x" * 1000) for _ in range(2000)]
+    assert not all(ok) and q.closed and "50 records" in q.reason
+    assert seen and seen[0][1] <= 50
+    assert not q.put(b"more")
+    assert is_closed(c)

@@ -243,15 +243,18 @@ class OutQueue:
                 self._cond.wait()
             if self.closed:
                 return None
-            q = self._queue
-            parts = [q.popleft()]
-            size = len(parts[0])
-            while q and len(parts) < IOV_MAX and size < GATHER_BYTES:
-                nxt = q.popleft()
-                parts.append(nxt)
-                size += len(nxt)
-            self._queued -= size
             self._busy = True
+            return self._pop_batch_locked()
+
+    def _pop_batch_locked(self) -> list[Buffer]:
+        """Up to IOV_MAX queued records (about GATHER_BYTES) for one gathered write."""
+        q = self._queue
+        parts = [q.popleft()]
+        size = len(parts[0])
+        while q and len(parts) < IOV_MAX and size < GATHER_BYTES:
+            parts.append(q.popleft())
+            size += len(parts[-1])
+        self._queued -= size
         return parts
 
     def _run(self) -> None:
@@ -259,27 +262,28 @@ class OutQueue:
             parts = self._take()
             if parts is None:
                 return
-            left = sum(len(p) for p in parts)
-            sent = 0
             try:
-                while True:
-                    n = self.sock.sendmsg(parts)
-                    sent += n
-                    if n >= left:
-                        break
-                    parts = _after(parts, n)
-                    left -= n
+                self._send_parts(parts)
             except OSError as exc:
                 with self._cond:
                     self._busy = False
-                    self.sent += sent
                     self._close_locked(f"send failed: {exc.strerror or exc}")
                 return
             with self._cond:
                 self._busy = False
-                self.sent += sent
                 self._cond.notify_all()  # the next batch, or flush_and_close waiters
             self._progressed()
+
+    def _send_parts(self, parts: list[Buffer]) -> None:
+        """One gathered write of ``parts``, continued after partial sends (no copies)."""
+        left = sum(len(p) for p in parts)
+        while True:
+            n = self.sock.sendmsg(parts)
+            self.sent += n
+            if n >= left:
+                return
+            parts = _after(parts, n)
+            left -= n
 
 
 def _after(parts: list[Buffer], n: int) -> list[Buffer]:
@@ -455,21 +459,8 @@ class PipeOutQueue(OutQueue):
                         if not self._by_pipe and pipe_fill(self._r) == 0:
                             self._by_pipe = True
                         continue
-                    q = self._queue
-                    parts = [q.popleft()]
-                    size = len(parts[0])
-                    while q and len(parts) < IOV_MAX and size < GATHER_BYTES:
-                        parts.append(q.popleft())
-                        size += len(parts[-1])
-                    self._queued -= size
-                left = size
-                while True:
-                    n = self.sock.sendmsg(parts)
-                    self.sent += n
-                    if n >= left:
-                        break
-                    parts = _after(parts, n)
-                    left -= n
+                    parts = self._pop_batch_locked()
+                self._send_parts(parts)
                 self._progressed()
         except OSError as exc:
             with self._cond:

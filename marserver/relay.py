@@ -122,6 +122,9 @@ class Fanout:
     unless asked for.
     """
 
+    #: a client that moved no byte for this long is not waited for (back-pressure)
+    stall_grace = STALL_GRACE
+
     def __init__(self, label: str, high_water: int = 0) -> None:
         self.label = label
         self.high_water = high_water
@@ -166,9 +169,12 @@ class Fanout:
         """A client still reading is more than ``high_water`` behind."""
         now = time.monotonic()
         return any(
-            not c.closed and c.backlog > self.high_water and now - c.last_progress < STALL_GRACE
+            not c.closed and c.backlog > self._high(c) and now - c.last_progress < self.stall_grace
             for c in self._clients
         )
+
+    def _high(self, client: OutQueue) -> int:
+        return self.high_water
 
     def publish(self, chunk: bytes) -> None:
         """Hand whole records to every client; never blocks on one client."""
@@ -202,11 +208,17 @@ class SpliceFanout(Fanout):
     pipe with ``tee(2)`` and spliced on to the client sockets, so marserver
     copies no byte of them.  A client whose pipe has no room gets the bytes
     through its ordinary queue (read from the pipe once for all such
-    clients); limits, the drop policy and back-pressure are those of
-    :class:`Fanout`.  Used for ports whose records are not byte-swapped.
+    clients); limits and the drop policy are those of :class:`Fanout`, and
+    back-pressure waits at half a client's pipe already (or at
+    ``high_water`` if lower), so that the records keep going by reference,
+    and for at most ``stall_grace`` (50 ms) of a client's silence.
+    Used for ports whose records are not byte-swapped.
     """
 
     CHUNK = 256 * 1024
+    #: a client not waited for only moves to its ordinary queue (copied, bound
+    #: --queue) until it catches up, so a short pause is enough to tell
+    stall_grace = 0.05
 
     @staticmethod
     def available() -> bool:
@@ -215,6 +227,10 @@ class SpliceFanout(Fanout):
     def __init__(self, label: str, high_water: int = 0) -> None:
         super().__init__(label, high_water)
         self.pending = 0  # bytes of an unfinished record in the source pipe
+
+    def _high(self, client: OutQueue) -> int:
+        # with back-pressure, keep clients within their pipes: by reference, not copied
+        return min(self.high_water, getattr(client, "pipe_size", self.high_water) // 2)
 
     def attach(self, sock: socket.socket, **kw) -> OutQueue:
         out = PipeOutQueue(sock, **kw).start()

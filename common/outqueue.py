@@ -382,7 +382,8 @@ class PipeOutQueue(OutQueue):
         cap = min(self.max_bytes, PIPE_MAX)
         self._r, self._w, self.pipe_size = make_pipe(cap)
         self._by_pipe = True  # False while records go through the ordinary queue
-        self._kicked = False
+        self._kicked = False  # bytes in the pipe for the writer thread
+        self._fast = False  # the producer is moving pipe bytes to the socket itself
         self.thread = threading.Thread(target=self._run_pipe, name=self.thread.name, daemon=True)
 
     @property
@@ -393,17 +394,53 @@ class PipeOutQueue(OutQueue):
             return self._queued
 
     def offer_pipe(self, src: int, n: int) -> int:
-        """tee ``n`` bytes from pipe ``src``; returns how many went (``n``, fewer, or 0)."""
+        """tee ``n`` bytes from pipe ``src``; returns how many went (``n``, fewer, or 0).
+
+        Like :meth:`OutQueue.put`, the bytes go straight on to the socket from
+        the caller's thread when the writer is idle (no thread hand-off); what
+        the socket does not take stays in the pipe for the writer thread.
+        """
         with self._cond:
             if self.closed or not self._by_pipe:
                 return 0
             if pipe_fill(self._r) + n > self.pipe_size:
                 return 0
             got = tee(src, self._w, n)
-            if got:
+            if not got:
+                return 0
+            if self._busy:  # the writer is sending: it looks at the pipe again after
                 self._kicked = True
-                self._cond.notify()
+                self._cond.notify_all()
+                return got
+            self._fast = True
+        try:
+            left = self._splice_out()
+        except OSError as exc:
+            with self._cond:
+                self._fast = False
+                self._close_locked(f"send failed: {exc.strerror or exc}")
+                self._cond.notify_all()
             return got
+        with self._cond:
+            self._fast = False
+            if left:
+                self._kicked = True
+            self._cond.notify_all()
+        return got
+
+    def _splice_out(self) -> bool:
+        """Move the pipe's bytes to the socket until it would block; True if some are left."""
+        fd = self.sock.fileno()
+        while True:
+            try:
+                n = os.splice(self._r, fd, self.pipe_size, flags=SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                # the pipe is empty, or the socket full (its descriptor is non-blocking)
+                return pipe_fill(self._r) > 0
+            if n <= 0:
+                return False
+            self.sent += n
+            self._progressed()
 
     def put(self, record: Buffer, *more: Buffer) -> bool:
         parts = [record, *more]
@@ -426,41 +463,34 @@ class PipeOutQueue(OutQueue):
             return True
 
     def _run_pipe(self) -> None:
-        fd = self.sock.fileno()
         poller = select.poll()
-        poller.register(fd, select.POLLOUT)
+        poller.register(self.sock.fileno(), select.POLLOUT)
         try:
             while True:
                 with self._cond:
-                    while not (self._kicked or self._queue or self.closed):
+                    while self._fast or not (self._kicked or self._queue or self.closed):
                         self._cond.wait()
                     if self.closed:
                         return
                     self._kicked = False
-                # the pipe first: what is in it is older than anything queued
-                while True:
-                    try:
-                        n = os.splice(self._r, fd, self.pipe_size, flags=SPLICE_F_NONBLOCK)
-                    except BlockingIOError:
-                        # the pipe is empty, or the socket full: then wait outside
-                        # splice, which would hold the pipe (and the producer) meanwhile
-                        if pipe_fill(self._r) == 0:
-                            break
-                        poller.poll(POLL_MS)
-                        if self.closed:
-                            return
-                        continue
-                    if n <= 0:
-                        break
-                    self.sent += n
-                    self._progressed()
+                    self._busy = True
+                # the pipe first: what is in it is older than anything queued;
+                # wait for socket space outside splice, which would hold the
+                # pipe (and with it the producer) meanwhile
+                while self._splice_out():
+                    poller.poll(POLL_MS)
+                    if self.closed:
+                        return
                 with self._cond:
                     if not self._queue:
+                        self._busy = False
                         if not self._by_pipe and pipe_fill(self._r) == 0:
                             self._by_pipe = True
                         continue
                     parts = self._pop_batch_locked()
                 self._send_parts(parts)
+                with self._cond:
+                    self._busy = False
                 self._progressed()
         except OSError as exc:
             with self._cond:
@@ -468,6 +498,11 @@ class PipeOutQueue(OutQueue):
         finally:
             with self._cond:
                 self._close_locked(self.reason or "closed")
+                self._busy = False
+                self._cond.notify_all()
+                # close the pipe once the producer's fast path is out of it
+                while self._fast:
+                    self._cond.wait(0.05)
                 for p in (self._r, self._w):
                     with contextlib.suppress(OSError):
                         os.close(p)

@@ -133,6 +133,7 @@ class Fanout:
         self._space = threading.Condition()
         self._waiting = False
         self._gave_up = False
+        self._waived: set[OutQueue] = set()  # silent clients not waited for
         self.records = 0
         self.waits = 0
 
@@ -153,6 +154,7 @@ class Fanout:
         with self._lock:
             self._clients = tuple(c for c in self._clients if c is not out)
             n = len(self._clients)
+        self._waived.discard(out)
         self._wake()
         return n
 
@@ -166,12 +168,26 @@ class Fanout:
                 self._space.notify_all()
 
     def _all_behind(self) -> bool:
-        """A client still reading is more than ``high_water`` behind."""
+        """A client still reading is more than ``high_water`` behind.
+
+        A client silent for ``stall_grace`` is waived: not waited for again
+        until it has caught up (a stalled client that the kernel lets take a
+        few bytes now and then must not pause everyone each time).
+        """
         now = time.monotonic()
-        return any(
-            not c.closed and c.backlog > self._high(c) and now - c.last_progress < self.stall_grace
-            for c in self._clients
-        )
+        for c in self._clients:
+            if c.closed:
+                continue
+            if c.backlog <= self._high(c):
+                self._waived.discard(c)
+                continue
+            if c in self._waived:
+                continue
+            if now - c.last_progress >= self.stall_grace:
+                self._waived.add(c)
+                continue
+            return True
+        return False
 
     def _high(self, client: OutQueue) -> int:
         return self.high_water
@@ -215,7 +231,7 @@ class SpliceFanout(Fanout):
     Used for ports whose records are not byte-swapped.
     """
 
-    CHUNK = 256 * 1024
+    CHUNK = 1024 * 1024
     #: a client not waited for only moves to its ordinary queue (copied, bound
     #: --queue) until it catches up, so a short pause is enough to tell
     stall_grace = 0.05

@@ -48,8 +48,9 @@ setup(
         "pyzmq",
         "h5py",
         "configargparse",
+        # detaching (double fork, setsid, closing descriptors); pulls in lockfile, which
+        # common.lock no longer uses: it needs a kernel lock, PIDLockFile only O_EXCL
         "python-daemon",
-        "lockfile",
         "setproctitle",
         # FITS files for camerad: header cards, BZERO/BSCALE, extensions done right
         "astropy",

@@ -9,6 +9,7 @@ through the server's rate limiter (``--log-period`` sets its period).
 
 from __future__ import annotations
 
+import os
 import sys
 
 from common import cli, runtime
@@ -80,6 +81,11 @@ class Echod(runtime.Service):
         return [self.server]
 
     def start(self) -> None:
+        # start-up failures after the fork, for the readiness tests
+        if self.args.fail_start == "error":
+            raise RuntimeError("simulated start-up failure")
+        if self.args.fail_start == "exit":
+            os._exit(3)  # dies without a word
         self.server.start()
 
     def reload(self):
@@ -102,6 +108,11 @@ def build_parser():
         default=60.0,
         metavar="SECONDS",
         help="period of the per-peer log rate limit (default 60)",
+    )
+    p.add_argument(
+        "--fail-start",
+        choices=("error", "exit"),
+        help="fail in start(), after any fork: raise an error, or exit without a word",
     )
     cli.add_runtime_args(
         p,

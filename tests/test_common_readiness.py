@@ -141,3 +141,23 @@ def test_notify_abstract_socket_and_daemon_mainpid(tmp_path, monkeypatch):
     finally:
         s.close()
         _stop(pid)
+
+
+@pytest.mark.parametrize(
+    "how,needle",
+    [
+        ("error", "start-up failed: simulated start-up failure"),
+        ("exit", "the daemon exited during start-up (see its log file)"),
+    ],
+)
+def test_daemon_start_failure_reaches_the_parent(tmp_path, how, needle):
+    port = procs.free_port()
+    lock = tmp_path / "d.lock"
+    res = procs.run(
+        "tests.echod", "-p", str(port), "-L", str(lock), "-l", str(tmp_path / "log"),
+        "-d", "--fail-start", how, timeout=30,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert f"echod: {needle}" in res.stderr.decode()
+    # the daemon is gone and its lock with it (released by the kernel if not removed)
+    assert procs.wait_until(lambda: holder_pid(lock) is None, 5)

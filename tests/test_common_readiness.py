@@ -161,3 +161,14 @@ def test_daemon_start_failure_reaches_the_parent(tmp_path, how, needle):
     assert f"echod: {needle}" in res.stderr.decode()
     # the daemon is gone and its lock with it (released by the kernel if not removed)
     assert procs.wait_until(lambda: holder_pid(lock) is None, 5)
+
+
+@pytest.mark.parametrize("value", ["/nonexistent/notify.sock", "relative.sock", "@"])
+def test_unusable_notify_socket_does_not_stop_the_program(value, monkeypatch, spawn):
+    monkeypatch.setenv("NOTIFY_SOCKET", value)
+    port = procs.free_port()
+    p = spawn("tests.echod", "-p", str(port))
+    procs.wait_port(port, proc=p)
+    p.send_signal(signal.SIGHUP)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(10) == 0

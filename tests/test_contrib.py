@@ -314,6 +314,10 @@ def test_init_script_start_status_reload_stop(script, tmp_path):
         assert again.returncode == 0 and read_pid(pidfile) == pid
         assert _sh(sh, "reload").returncode == 0
         assert pid_alive(pid)
+        restart = _sh(sh, "restart")
+        assert restart.returncode == 0, restart.stdout + restart.stderr
+        old, pid = pid, read_pid(pidfile)
+        assert pid != old and not pid_alive(old) and holder_pid(pidfile) == pid
         stop = _sh(sh, "stop")
         assert stop.returncode == 0, stop.stdout + stop.stderr
         assert not pid_alive(pid) and not pidfile.exists()

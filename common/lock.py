@@ -28,9 +28,9 @@ import fcntl
 import logging
 import os
 import signal
+import stat
 import struct
 import time
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +116,23 @@ def _stale_reason(data: bytes) -> str:
     return f"PID {pid} is not running"
 
 
+def _read_head(path: str | os.PathLike) -> bytes:
+    """The first bytes of a regular file; never blocks on a FIFO or follows a symlink."""
+    fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.read(fd, 64)
+    finally:
+        os.close(fd)
+
+
 def read_pid(path: str | os.PathLike) -> int | None:
     """The PID written in a lock file, or None if absent or unreadable."""
     try:
-        data = Path(path).read_bytes()[:64]
+        return _parse_pid(_read_head(path))
     except OSError:
         return None
-    return _parse_pid(data)
 
 
 def holder_pid(path: str | os.PathLike) -> int | None:
@@ -133,7 +143,7 @@ def holder_pid(path: str | os.PathLike) -> int | None:
     would release it); that process is never reported anyway.
     """
     try:
-        fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+        fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return None
     try:
@@ -185,10 +195,24 @@ class PidLock:
         the lock) is taken over with a log line.
         """
         for _attempt in range(5):
+            # never through a symlink, never into a FIFO, device or somebody else's
+            # file: in a shared directory such as /tmp another user could plant one
+            flags = os.O_RDWR | os.O_CREAT | os.O_NOCTTY | os.O_NOFOLLOW | os.O_NONBLOCK
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOCTTY, 0o644)
+                fd = os.open(self.path, flags, 0o644)
             except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise LockError(f"lock file {self.path} is a symbolic link; refused") from None
                 raise LockError(f"cannot create lock file {self.path}: {exc.strerror}") from None
+            st = os.fstat(fd)
+            problem = None
+            if not stat.S_ISREG(st.st_mode):
+                problem = "is not a regular file"
+            elif st.st_uid != os.geteuid():
+                problem = f"belongs to another user (uid {st.st_uid})"
+            if problem:
+                os.close(fd)
+                raise LockError(f"lock file {self.path} {problem}; refused")
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -251,7 +275,7 @@ def kill_running(path: str | os.PathLike, name: str, timeout: float = 5.0) -> tu
     pid = holder_pid(path)
     if pid is None:
         try:
-            why = _stale_reason(Path(path).read_bytes()[:64])
+            why = _stale_reason(_read_head(path))
         except OSError as exc:
             return 1, f"cannot read lock file {path}: {exc.strerror}"
         return 1, (

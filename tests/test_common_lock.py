@@ -190,3 +190,27 @@ def test_pid_alive_probe(foreign):
         os.kill(foreign.pid, signal.SIGKILL)
     foreign.wait(5)
     assert not pid_alive(foreign.pid)
+
+
+def test_planted_symlink_is_refused_and_its_target_untouched(tmp_path, port):
+    target = tmp_path / "precious"
+    target.write_text("do not truncate me\n")
+    lock = tmp_path / "echod.lock"
+    lock.symlink_to(target)
+    res = procs.run("tests.echod", "-p", str(port), "-L", str(lock), timeout=30)
+    assert res.returncode == 1
+    assert f"lock file {lock} is a symbolic link; refused" in res.stderr.decode()
+    assert target.read_text() == "do not truncate me\n"
+    res = procs.run("tests.echod", "-p", str(port), "-L", str(lock), "-k", timeout=30)
+    assert res.returncode == 1 and target.read_text() == "do not truncate me\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a file of another user")
+def test_lock_file_of_another_user_is_refused(tmp_path, port):
+    lock = tmp_path / "echod.lock"
+    lock.write_text("1\n")
+    os.chown(lock, 65534, 65534)
+    res = procs.run("tests.echod", "-p", str(port), "-L", str(lock), timeout=30)
+    assert res.returncode == 1
+    assert f"lock file {lock} belongs to another user (uid 65534); refused" in res.stderr.decode()
+    assert lock.read_text() == "1\n"

@@ -15,8 +15,8 @@ from common import cli, runtime
 from common.config import ConfigError
 
 from . import protocol as P
+from .motors import DEFAULT_CONFIG, read_config
 from .server import SpecServer, bind_first_free
-from .sim import DEFAULT_CONFIG, read_config
 
 log = logging.getLogger("specsrv")
 

@@ -26,9 +26,9 @@ from common.server import ThreadedTCPServer
 from . import protocol as P
 from . import wire
 from .interp import Assoc, DataArray, Interp, SpecError, format_value, is_numeric, to_num
+from .motors import MOTOR_PARAMS, Instrument, InstrumentConfig
 from .protocol import Cmd, Packet, Type
 from .protocol import ErrorValue as WireError
-from .sim import MOTOR_PARAMS, Hardware, SimConfig
 
 log = logging.getLogger("specsrv")
 dlog = logging.getLogger("specsrv.debug")
@@ -114,7 +114,7 @@ class SpecServer:
     def __init__(
         self,
         name: str,
-        cfg: SimConfig,
+        cfg: InstrumentConfig,
         *,
         mode: int = 1,
         simulate: bool = False,
@@ -128,7 +128,7 @@ class SpecServer:
         self.debug = debug
         self.max_data = max_data
         self.port = 0
-        self.hw = Hardware(cfg, self.emit, update=update, mode=mode)
+        self.hw = Instrument(cfg, self.emit, update=update, mode=mode)
         self.hw.on_limit_abort = self._limit_abort
         self.interp = Interp(self.hw, name=name)
         self.interp.globals["DEBUG"] = float(debug)

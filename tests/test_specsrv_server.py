@@ -9,7 +9,7 @@ import pytest
 
 from specsrv import protocol as P
 from specsrv.server import ClientHandler, SpecServer
-from specsrv.sim import parse_config
+from specsrv.motors import parse_config
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,4 +1,6 @@
-"""Simulated motors and counters behind the spec server.
+"""The in-process model of the instrument: motors and counters behind the spec server.
+
+This is not a simulator program; it is the engine's model of the hardware.
 
 Motors keep a dial position (quantised to steps), a user offset and sign,
 dial limits, rates and backlash.  A move is one or two trapezoidal legs
@@ -11,7 +13,7 @@ preset time (positive) or monitor count (negative).
 
 The configuration file (``specsrv.conf(5)``) has one ``motor`` or
 ``counter`` line per channel with ``key=value`` words.  Events leave through
-the ``emit(property, value, flags=0)`` callable given to :class:`Hardware`.
+the ``emit(property, value, flags=0)`` callable given to :class:`Instrument`.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ class CounterConfig:
 
 
 @dataclass
-class SimConfig:
+class InstrumentConfig:
     motors: list[MotorConfig] = field(default_factory=list)
     counters: list[CounterConfig] = field(default_factory=list)
 
@@ -122,9 +124,9 @@ def _valid_mne(word: str) -> bool:
     return bool(word) and (word[0].isalpha() or word[0] == "_") and word.replace("_", "a").isalnum()
 
 
-def parse_config(text: str, source: str = "<string>") -> SimConfig:
+def parse_config(text: str, source: str = "<string>") -> InstrumentConfig:
     """Parse a motor/counter configuration; ConfigError names file and line."""
-    cfg = SimConfig()
+    cfg = InstrumentConfig()
     seen: set[str] = set()
     for lineno, raw in enumerate(text.splitlines(), 1):
         where = f"{source}:{lineno}"
@@ -193,7 +195,7 @@ def parse_config(text: str, source: str = "<string>") -> SimConfig:
     return cfg
 
 
-def read_config(path: str | Path) -> SimConfig:
+def read_config(path: str | Path) -> InstrumentConfig:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -333,10 +335,10 @@ class Counter:
         return float(math.floor(self.rate * elapsed))
 
 
-class Hardware:
+class Instrument:
     """All motors and counters, and the thread that moves and counts them."""
 
-    def __init__(self, cfg: SimConfig, emit, *, update: float = 0.05, mode: int = 1) -> None:
+    def __init__(self, cfg: InstrumentConfig, emit, *, update: float = 0.05, mode: int = 1) -> None:
         self.emit = emit
         self.update = update
         self.mode = mode

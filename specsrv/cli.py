@@ -15,8 +15,9 @@ from common import cli, runtime
 from common.config import ConfigError
 
 from . import protocol as P
+from .engine import SpecEngine
 from .motors import DEFAULT_CONFIG, read_config
-from .server import SpecServer, bind_first_free
+from .server import bind_first_free
 
 log = logging.getLogger("specsrv")
 
@@ -149,7 +150,7 @@ class SpecService(runtime.Service):
         self.args = args
         self.config_path = args.config or str(DEFAULT_CONFIG)
         cfg = read_config(self.config_path)
-        self.spec = SpecServer(
+        self.spec = SpecEngine(
             args.name or default_name(),
             cfg,
             mode=args.mode,

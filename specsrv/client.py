@@ -246,8 +246,12 @@ class SpecConnection:
                 break
             if not chunk:
                 raise ConnectionError("closed during HELLO")
-            for item in dec.feed(chunk):
-                if isinstance(item, P.ProtocolError):
+            try:
+                items = P.events(dec, chunk)
+            except P.ProtocolError as exc:
+                raise ConnectionError(f"bad HELLO_REPLY: {exc}") from None
+            for item in items:
+                if isinstance(item, P.BadPacket):
                     raise ConnectionError(f"bad HELLO_REPLY: {item}")
                 self._trace("R", item)
                 if item.cmd == Cmd.HELLO_REPLY and item.sn == sn:
@@ -376,18 +380,19 @@ class SpecConnection:
         try:
             while True:
                 try:
-                    items = wire.read_items(sock, dec)
+                    if not wire.fill(sock, dec):
+                        break
+                    items = P.events(dec)
                 except OSError as exc:
                     reason = str(exc)
                     break
-                if items is None:
-                    break
+                except P.ProtocolError as exc:
+                    log.warning("%s: %s", peer, exc)
+                    reason = str(exc)
+                    return
                 for item in items:
-                    if isinstance(item, P.ProtocolError):
+                    if isinstance(item, P.BadPacket):
                         log.warning("%s: %s", peer, item)
-                        if item.fatal:
-                            reason = str(item)
-                            return
                         continue
                     if self.debug & P.DEBUG_SOCKET:
                         for line in P.socket_lines(
@@ -412,11 +417,11 @@ class SpecConnection:
                 w.packet = pkt
                 w.event.set()
         elif pkt.cmd == Cmd.EVENT:
-            try:
-                value = python_value(P.decode_value(pkt))
-            except P.ProtocolError as exc:
-                log.warning("bad event for %s: %s", pkt.name, exc)
+            raw = P.decode_value(pkt)
+            if isinstance(raw, P.BadValue):
+                log.warning("bad event for %s: %s", pkt.name, raw)
                 return
+            value = python_value(raw)
             if isinstance(value, dict) and not (pkt.flags & P.SV_DELETED):
                 old = self._values.get(pkt.name)
                 if isinstance(old, dict):
@@ -605,6 +610,8 @@ class SpecConnection:
 
     def _result(self, reply: Packet):
         value = P.decode_value(reply)
+        if isinstance(value, P.BadValue):
+            raise RemoteError(f"bad reply: {value}", 2)
         if isinstance(value, P.ErrorValue) or reply.err > 0:
             msg = value.message if isinstance(value, P.ErrorValue) else str(value)
             raise RemoteError(msg, reply.err or 1)

@@ -422,7 +422,7 @@ class SpecConnection:
                 log.warning("bad event for %s: %s", pkt.name, raw)
                 return
             value = python_value(raw)
-            if isinstance(value, dict) and not (pkt.flags & P.SV_DELETED):
+            if isinstance(value, dict) and not (pkt.flags & (P.SV_DELETED | P.SV_DELETED_ALT)):
                 old = self._values.get(pkt.name)
                 if isinstance(old, dict):
                     merged = dict(old)
@@ -430,7 +430,7 @@ class SpecConnection:
                     self._values[pkt.name] = merged
                 else:
                     self._values[pkt.name] = value
-            elif pkt.flags & P.SV_DELETED:
+            elif pkt.flags & (P.SV_DELETED | P.SV_DELETED_ALT):
                 old = self._values.get(pkt.name)
                 if isinstance(old, dict) and isinstance(value, dict):
                     self._values[pkt.name] = {k: v for k, v in old.items() if k not in value}
@@ -893,7 +893,7 @@ def _act(conn: SpecConnection, args) -> int:
         count = [0]
 
         def show(value, prop, flags):
-            tag = " (deleted)" if flags & P.SV_DELETED else ""
+            tag = " (deleted)" if flags & (P.SV_DELETED | P.SV_DELETED_ALT) else ""
             print(f"{prop} {format_result(value)}{tag}", flush=True)
             count[0] += 1
             if args.count and count[0] >= args.count:

@@ -25,6 +25,7 @@ from .interp import (
     Assoc,
     DataArray,
     Interp,
+    Limits,
     SpecError,
     format_value,
     get_array_element,
@@ -44,6 +45,7 @@ from .properties import (
     wire_number,
 )
 from .protocol import Cmd, ErrorValue, Packet, Type
+from .state import StateFile
 
 log = logging.getLogger("specsrv")
 
@@ -53,6 +55,10 @@ MAX_QUEUE = 4096
 #: command text one client may have waiting in the queue (beyond its first command)
 MAX_PENDING_BYTES_PER_CLIENT = 16 << 20
 MAX_REGISTRATIONS_PER_CLIENT = 10000
+#: characters of a command echoed on output/tty
+MAX_ECHO = 4096
+#: bytes of one -C start-up command file
+MAX_STARTUP_FILE = 4 << 20
 
 
 class Peer(Protocol):
@@ -79,6 +85,8 @@ class Job:
     text: str
     reply: bool
     cancelled: bool = False
+    #: a command packet from a client: echoed on output/tty with the prompt
+    echo: bool = False
 
 
 def wire_value(v):
@@ -107,8 +115,13 @@ class SpecEngine:
         debug: int = 0,
         max_data: int = P.DEFAULT_MAX_DATA,
         update: float = 0.05,
+        deleted_flag: int = P.SV_DELETED,
+        limits: Limits | None = None,
+        state: StateFile | None = None,
+        fresh: bool = False,
     ) -> None:
         self.name = name
+        self.deleted_flag = deleted_flag
         self.mode = mode
         self.simulate = simulate
         self.debug = debug
@@ -116,7 +129,10 @@ class SpecEngine:
         self.port = 0
         self.hw = Instrument(cfg, self.emit, update=update, mode=mode)
         self.hw.on_limit_abort = self._limit_abort
-        self.interp = Interp(self.hw, name=name)
+        self.state = state
+        if state is not None and not fresh:
+            state.load(self.hw)  # before the interpreter copies positions into A[]
+        self.interp = Interp(self.hw, name=name, limits=limits)
         self.interp.globals["DEBUG"] = float(debug)
         self.interp.on_var = self._on_var
         self.interp.on_output = self._on_output
@@ -128,6 +144,8 @@ class SpecEngine:
         self.current: Job | None = None
         self.busy = False
         self.last_error = "No error"
+        #: number of the next command at the (virtual) interactive prompt
+        self.cmdno = 1
         self._stop = threading.Event()
         self._cmd_thread: threading.Thread | None = None
 
@@ -147,6 +165,8 @@ class SpecEngine:
         if self._cmd_thread is not None:
             self._cmd_thread.join(2)
         self.hw.stop()
+        if self.state is not None:
+            self.state.save(self.hw)
         for c in list(self.clients):
             c.flush_and_close(0.5)
 
@@ -178,7 +198,7 @@ class SpecEngine:
             except SpecError:
                 self.debug = 0
         base = f"var/{name}"
-        flags = P.SV_DELETED if deleted else 0
+        flags = self.deleted_flag if deleted else 0
         with self.reg_lock:
             watched = [p for p in self.registry if p == base or p.startswith(base + "[")]
         if not watched:
@@ -414,10 +434,10 @@ class SpecEngine:
             reply = cmd in (Cmd.CMD_WITH_RETURN, Cmd.FUNC_WITH_RETURN)
             if text is None:
                 if reply:
-                    client.error_reply(pkt.sn, "command data must be a string", err=2)
+                    client.error_reply(pkt.sn, "command data must be text, not an array", err=2)
                 return True
             try:
-                self.push(client, text, sn=pkt.sn, reply=reply)
+                self.push(client, text, sn=pkt.sn, reply=reply, echo=True)
             except PropError as exc:
                 if reply:
                     client.error_reply(pkt.sn, str(exc))
@@ -434,8 +454,8 @@ class SpecEngine:
 
     def command_text(self, pkt: Packet) -> str | None:
         """The command text of a CMD/FUNC packet, or None when it carries none."""
-        if pkt.type not in (Type.STRING, Type.DOUBLE) and pkt.data:
-            return None
+        if pkt.type in P.ARRAY_DTYPES or pkt.type == Type.ARR_STRING:
+            return None  # any other type (0 too, as some clients send) carries text
         if pkt.cmd in (Cmd.FUNC, Cmd.FUNC_WITH_RETURN):
             interp = self.interp
 
@@ -477,8 +497,8 @@ class SpecEngine:
         if not has_value:
             return
         if prop == "error":
-            value = "No error"
-            client.send_packet(P.make_packet(Cmd.EVENT, value, name=prop, order=client.order))
+            # Real spec sends no initial event when there is no error (the
+            # seed's text says "No error" is sent: see specsrv(1)).
             return
         # Read and queue the initial event under the lock its events are sent
         # under, so an event of a change that happens meanwhile (a move that
@@ -497,7 +517,14 @@ class SpecEngine:
             client.send_packet(P.make_packet(Cmd.EVENT, value, name=prop, order=client.order))
 
     # -- command queue ------------------------------------------------------------
-    def push(self, client: Peer | None, text: str, sn: int = 0, reply: bool = False):
+    def push(
+        self,
+        client: Peer | None,
+        text: str,
+        sn: int = 0,
+        reply: bool = False,
+        echo: bool = False,
+    ):
         with self.queue_cv:
             if len(self.queue) >= MAX_QUEUE:
                 raise PropError("The command queue is full.")
@@ -508,7 +535,7 @@ class SpecEngine:
                     mine and waiting + len(text) > MAX_PENDING_BYTES_PER_CLIENT
                 ):
                     raise PropError("Too many commands waiting in the queue for this client.")
-            self.queue.append(Job(client, sn, text, reply))
+            self.queue.append(Job(client, sn, text, reply, echo=echo))
             self.queue_cv.notify()
 
     def abort_from(self, client: Peer) -> None:
@@ -575,8 +602,37 @@ class SpecEngine:
                 if idle:
                     self.set_ready(True)
 
+    def run_startup_file(self, path: str) -> bool:
+        """Run a ``-C`` command file before clients are served; False on error."""
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                text = fh.read(MAX_STARTUP_FILE + 1)
+        except OSError as exc:
+            log.error("start-up file %s cannot be read: %s", path, exc.strerror)
+            return False
+        if len(text) > MAX_STARTUP_FILE:
+            log.error("start-up file %s is larger than %d bytes", path, MAX_STARTUP_FILE)
+            return False
+        try:
+            self.interp.run(text)
+        except SpecError as exc:
+            log.error("start-up file %s: %s", path, exc)
+            return False
+        log.info("start-up file %s read", path)
+        if self.state is not None:
+            self.state.save(self.hw)
+        return True
+
+    def prompt(self) -> str:
+        """spec's main prompt, ``<n>.<NAME>> ``."""
+        return f"{self.cmdno}.{self.name.upper()}> "
+
     def _run_job(self, job: Job) -> None:
         log.debug("command: %r", job.text[:200])
+        if job.echo:
+            # the console transcript: the prompt went out when the previous
+            # command ended; now the command as if typed, then its output
+            self.emit("output/tty", job.text.rstrip("\n")[:MAX_ECHO] + "\n")
         try:
             value, output = self.interp.run(job.text, clear_abort=False)
             result = wire_value(value) if value is not None else output
@@ -591,6 +647,12 @@ class SpecEngine:
             result = ErrorValue(f"internal error: {exc}", 1)
         if job.reply and not job.cancelled and job.client is not None:
             job.client.reply(job.sn, result, name="")
+        if self.state is not None:
+            self.state.save(self.hw)
+        if job.echo:
+            # the next prompt says the command has finished (after its reply)
+            self.cmdno += 1
+            self.emit("output/tty", "\n" + self.prompt())
 
 
 def _as_number(v):

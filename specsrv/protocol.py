@@ -29,9 +29,12 @@ SV_NAME_LEN = 80
 SV_PORT_FIRST = 6510
 SV_PORT_LAST = 6530
 
-#: SV_DELETED flag bit sent with events for deleted variables/elements
-#: (the header file's value; the help text's 0x1000 is not used, see the man page)
-SV_DELETED = 0x0001
+#: SV_DELETED flag bit sent with events for deleted variables/elements (seed
+#: 002, spec's server help text); ``specsrv --deleted-flag`` can send the
+#: other value some clients test for instead
+SV_DELETED = 0x1000
+#: the value certif-pyspec's SpecMessage.DELETED tests for
+SV_DELETED_ALT = 0x0001
 
 #: default bound on ``len`` of one incoming packet (a 1e6-double array is 8 MB)
 DEFAULT_MAX_DATA = 64 << 20

@@ -28,6 +28,7 @@ from .parser import Parser, macro_substitute, split_words
 from .values import (
     Assoc,
     DataArray,
+    Limits,
     SpecAbort,
     SpecError,
     SpecExit,
@@ -45,6 +46,7 @@ __all__ = [
     "Assoc",
     "DataArray",
     "Interp",
+    "Limits",
     "Parser",
     "SpecAbort",
     "SpecError",

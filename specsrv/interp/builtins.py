@@ -19,7 +19,7 @@ import numpy as np
 from ..motors import MOTOR_PARAMS, MotionError
 from . import nodes as N
 from .format import spec_sprintf
-from .values import Assoc, DataArray, SpecError, bounded, is_numeric, to_num, to_str
+from .values import Assoc, DataArray, SpecError, is_numeric, to_num, to_str
 
 
 @dataclass(frozen=True)
@@ -74,14 +74,14 @@ def _rand(it, n=None):
 
 @builtin("printf", "eprintf")
 def _printf(it, fmt="", *args):
-    it.write(spec_sprintf(to_str(fmt), args))
+    it.write(spec_sprintf(to_str(fmt), args, it.limits.max_string))
     return 1.0
 
 
 @builtin("fprintf")
 def _fprintf(it, file, fmt="", *args):
     name = to_str(file)
-    text = spec_sprintf(to_str(fmt), args)
+    text = spec_sprintf(to_str(fmt), args, it.limits.max_string)
     if name == "tty":
         it.write(text)
     else:
@@ -308,11 +308,15 @@ _table(
         "index": lambda s, t: float(to_str(s).find(to_str(t)) + 1),
         "tolower": lambda s: to_str(s).lower(),
         "toupper": lambda s: to_str(s).upper(),
-        "sprintf": lambda fmt="", *a: bounded(spec_sprintf(to_str(fmt), a)),
         "date": lambda fmt=None: _date(fmt),
         "time": lambda: time.time(),
     }
 )
+
+
+@builtin("sprintf")
+def _sprintf(it, fmt="", *args):
+    return spec_sprintf(to_str(fmt), args, it.limits.max_string)
 
 
 @builtin("close")

@@ -8,13 +8,17 @@ import re
 import time
 
 from ..protocol import format_number
-from .values import to_num, to_str
+from .values import MAX_STRING, SpecError, bounded, to_num, to_str
 
 _FMT_RE = re.compile(r"%([-+ #0]*)(\*|\d+)?(?:\.(\*|\d+))?[hlLqjzt]*([diouxXeEfFgGcs%])")
 
 
-def spec_sprintf(fmt: str, args) -> str:
+def spec_sprintf(fmt: str, args, max_len: int = MAX_STRING) -> str:
+    """printf formatting as spec does; a field wider (or more precise) than
+    ``max_len``, or a result longer, is a spec error, checked before anything
+    that large is allocated."""
     args = list(args)
+    total = 0
     out = []
     pos = 0
     ai = 0
@@ -27,15 +31,22 @@ def spec_sprintf(fmt: str, args) -> str:
 
     for m in _FMT_RE.finditer(fmt):
         out.append(fmt[pos : m.start()])
+        total += len(out[-1])
         pos = m.end()
         flags, width, prec, conv = m.groups()
         if conv == "%":
             out.append("%")
             continue
         if width == "*":
-            width = str(int(to_num(nxt())))
+            w = to_num(nxt())
+            width = str(int(w)) if math.isfinite(w) else "0"
         if prec == "*":
-            prec = str(int(to_num(nxt())))
+            pr = to_num(nxt())
+            prec = str(max(int(pr), 0)) if math.isfinite(pr) else "0"
+        if width and width.startswith("-"):
+            flags, width = flags + "-", width[1:]
+        if int(width or 0) > max_len or int(prec or 0) > max_len:
+            raise SpecError(f"Out of memory: printf field wider than {max_len} characters.")
         spec = "%" + flags + (width or "") + ("." + prec if prec is not None else "")
         v = nxt()
         if conv in "diouxXc":
@@ -53,8 +64,11 @@ def spec_sprintf(fmt: str, args) -> str:
             out.append((spec + conv) % to_num(v))
         else:
             out.append((spec + "s") % to_str(v))
+        total += len(out[-1])
+        if total > max_len:
+            raise SpecError(f"String longer than {max_len} characters.")
     out.append(fmt[pos:])
-    return "".join(out)
+    return bounded("".join(out), max_len)
 
 
 def motor_table(motors, rows=("user", "dial")) -> str:

@@ -13,6 +13,8 @@ assignments (``on_var``) and output (``on_output``).
 from __future__ import annotations
 
 import math
+import os
+import pwd
 import re
 import threading
 from collections import OrderedDict
@@ -29,12 +31,12 @@ from .parser import Parser, macro_substitute
 from .values import (
     Assoc,
     DataArray,
+    Limits,
     SpecAbort,
     SpecError,
     SpecExit,
     SpecSyntaxError,
     binary,
-    bounded,
     fill_array,
     format_value,
     get_array_element,
@@ -45,6 +47,7 @@ from .values import (
     to_num,
     to_str,
     truth,
+    value_size,
 )
 
 MAX_OUTPUT = 1 << 20  # bytes of output captured for one reply
@@ -63,11 +66,25 @@ class _Return(Exception):
         self.value = value
 
 
+def _login_name() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, OSError):
+        return os.environ.get("USER", "")
+
+
 class Interp:
     """Executes spec commands against globals and the simulated hardware."""
 
-    def __init__(self, hw: Instrument, *, name: str = "spec", port: int = 0) -> None:
+    def __init__(
+        self, hw: Instrument, *, name: str = "spec", port: int = 0, limits: Limits | None = None
+    ) -> None:
         self.hw = hw
+        self.limits = limits or Limits()
+        #: approximate bytes held by global variables, and by the locals of
+        #: the running command (see Limits.max_memory)
+        self.heap = 0
+        self.local_heap = 0
         self.lock = threading.RLock()
         self.globals: dict[str, object] = {}
         self.constants: set[str] = set()
@@ -93,8 +110,12 @@ class Interp:
         self.globals["VERSION"] = "6.12.01"
         self.globals["PI"] = math.pi
         self.globals["COUNT_TIME"] = 1.0
+        # what clients read at connect to discover the instrument
+        self.globals["MOTORS"] = float(len(hw.motors))
+        self.globals["COUNTERS"] = float(len(hw.counters))
+        self.globals["USER"] = _login_name()
         self.builtin_assoc = {"A", "S"}
-        self.constants.update({"PI", "SPEC", "VERSION"})
+        self.constants.update({"PI", "SPEC", "VERSION", "MOTORS", "COUNTERS", "USER"})
 
     # -- public entry points -------------------------------------------------
     def parse(self, src: str) -> list:
@@ -121,6 +142,7 @@ class Interp:
         self.out_size = 0
         self.last_value = None
         self.frames = []
+        self.local_heap = 0
         self.call_depth = 0
         try:
             tree = self.parse(src)
@@ -203,9 +225,27 @@ class Interp:
                 return frame
         return None
 
+    def charge(self, old, new, local: bool = False, extra: int = 0) -> None:
+        """Account for ``old`` replaced by ``new``; a spec error (nothing
+        stored) when all variables together would pass Limits.max_memory."""
+        delta = (value_size(new) if new is not None else 0) + extra
+        delta -= value_size(old) if old is not None else 0
+        if delta > 0 and self.heap + self.local_heap + delta > self.limits.max_memory:
+            raise SpecError(
+                f"Out of memory: variables would use more than {self.limits.max_memory} bytes."
+            )
+        if local:
+            self.local_heap = max(0, self.local_heap + delta)
+        else:
+            self.heap = max(0, self.heap + delta)
+
+    def _release_frame(self, frame: dict) -> None:
+        self.local_heap = max(0, self.local_heap - sum(value_size(v) for v in frame.values()))
+
     def set_var(self, name: str, value) -> None:
         frame = self._scope_of(name)
         if frame is not None:
+            self.charge(frame.get(name), value, local=True)
             frame[name] = value
             return
         if name in self.constants or name in self.hw.by_mne or name in self.hw.cnt_by_mne:
@@ -217,6 +257,7 @@ class Interp:
             elif name in self.builtin_assoc and not isinstance(value, Assoc):
                 raise SpecError(f"Can't assign a value to the built-in array {name}[].")
             else:
+                self.charge(old, value)
                 self.globals[name] = value
         if name == "DEBUG":
             self.on_var("DEBUG", None, False)
@@ -232,12 +273,15 @@ class Interp:
                     if bad:
                         raise SpecError(f"{name}[{bad[0]}] is not an existing element.")
                 if isinstance(old, Assoc):
+                    self.charge(None, Assoc(value))
                     old.update(value)
                     keys = list(value)
                 else:
+                    self.charge(old, Assoc(value))
                     self.globals[name] = Assoc(value)
                     keys = None
             elif isinstance(value, DataArray):
+                self.charge(old, value)
                 self.globals[name] = value
                 keys = None
             else:
@@ -246,6 +290,7 @@ class Interp:
                 if isinstance(old, DataArray):
                     fill_array(old, value)
                 else:
+                    self.charge(old, value)
                     self.globals[name] = value
                 keys = None
         if keys is None:
@@ -269,6 +314,8 @@ class Interp:
                 raise SpecError(f"{name} is not an associative array.")
             if (must_exist or name in self.builtin_assoc) and key not in arr:
                 raise SpecError(f"{name}[{key}] is not an existing element.")
+            old = arr.get(key)
+            self.charge(old, value, extra=0 if old is not None else 80 + len(key))
             arr[key] = value
         if notify:
             self.on_var(name, key, False)
@@ -278,12 +325,12 @@ class Interp:
             if name not in self.globals or name in self.builtin_assoc and key is None:
                 return False
             if key is None:
-                del self.globals[name]
+                self.charge(self.globals.pop(name), None)
             else:
                 arr = self.globals[name]
                 if not isinstance(arr, Assoc) or key not in arr:
                     return False
-                del arr[key]
+                self.charge(arr.pop(key), None, extra=-(80 + len(key)))
         self.on_var(name, key, True)
         return True
 
@@ -296,7 +343,7 @@ class Interp:
                 self.exec(s)
         finally:
             if new_scope:
-                self.frames.pop()
+                self._release_frame(self.frames.pop())
 
     def exec(self, s: N.Stmt) -> None:
         self.check()
@@ -378,8 +425,12 @@ class Interp:
                 if name in self.macros or name in BUILTINS:
                     self.last_value = None
                     self.run_macro(name, list(words))
+                elif self.lookup(name) is None:
+                    # neither a macro, a function, a command nor a variable:
+                    # an unknown command, as spec reports it
+                    raise SpecError(f'Unknown command or macro "{name}".')
                 else:
-                    # not a macro: the words were an expression (``x`` or ``x "abc"``)
+                    # a variable: the words were an expression (``x`` or ``x "abc"``)
                     self.last_value = self.eval_word(text) if not words else self.eval_concat(text)
             case _:  # pragma: no cover - the parser produces only the kinds above
                 raise SpecError(f"unknown statement {type(s).__name__}")
@@ -406,16 +457,24 @@ class Interp:
             elif kind == "unglobal":
                 self.delete_global(name)
             elif kind == "constant":
+                value = self.eval(init)
                 with self.lock:
-                    self.globals[name] = self.eval(init)
+                    self.charge(self.globals.get(name), value)
+                    self.globals[name] = value
                 self.constants.add(name)
                 self.on_var(name, None, False)
 
     def exec_arraydecl(self, s: N.ArrayDecl) -> None:
         etype, name = s.etype, s.name
-        shape = [int(to_num(self.eval(d))) for d in s.dims]
-        if any(n <= 0 for n in shape) or math.prod(shape) > (16 << 20):
+        dims = [to_num(self.eval(d)) for d in s.dims]
+        if not all(math.isfinite(n) and 0 < n < (1 << 40) for n in dims):
             raise SpecError(f"Bad array dimensions for {name}.")
+        shape = [int(n) for n in dims]
+        item = 1 if etype == "string" else np.dtype(DataArray.TYPES[etype]).itemsize
+        if math.prod(shape) * item > self.limits.max_array:
+            raise SpecError(
+                f"Out of memory: array {name} would be larger than {self.limits.max_array} bytes."
+            )
         if etype == "string":
             rows = shape[0] if len(shape) == 2 else 1
             width = shape[-1]
@@ -424,9 +483,11 @@ class Interp:
             arr = np.zeros(shape, dtype=DataArray.TYPES[etype])
         da = DataArray(arr)
         if s.scope == "local" and self.frames:
+            self.charge(self.frames[-1].get(name), da, local=True)
             self.frames[-1][name] = da
         else:
             with self.lock:
+                self.charge(self.globals.get(name), da)
                 self.globals[name] = da
             self.on_var(name, None, False)
 
@@ -489,7 +550,10 @@ class Interp:
                     return 0.0 if truth(v) else 1.0
                 return float(~int(to_num(v)) & 0xFFFFFFFF)
             case N.Concat(left, right):
-                return bounded(to_str(self.eval(left)) + to_str(self.eval(right)))
+                a, b = to_str(self.eval(left)), to_str(self.eval(right))
+                if len(a) + len(b) > self.limits.max_string:
+                    raise SpecError(f"String longer than {self.limits.max_string} characters.")
+                return a + b
             case N.Cond(cond, then, other):
                 return self.eval(then) if truth(self.eval(cond)) else self.eval(other)
             case N.Incr(op, target, prefix):
@@ -548,6 +612,8 @@ class Interp:
                 return
             if not isinstance(arr, Assoc):
                 arr = frame[name] = Assoc()
+            old = arr.get(key)
+            self.charge(old, value, local=True, extra=0 if old is not None else 80 + len(key))
             arr[key] = value
             return
         if name in self.hw.by_mne or name in self.constants:
@@ -605,6 +671,8 @@ class Interp:
             return 0.0 if r.value is None else r.value
         finally:
             self.call_depth -= 1
+            for frame in self.frames:
+                self._release_frame(frame)
             self.frames = saved
 
     def run_macro(self, name: str, words: list[str]):

@@ -9,12 +9,30 @@ command to command level are :class:`SpecError` and its subclasses.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..protocol import format_number
 
-MAX_STRING = 16 << 20  # characters in one string value
+MAX_STRING = 16 << 20  # characters in one string value (default)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Memory bounds of the interpreter (``specsrv --max-string`` etc.).
+
+    ``max_string``: characters in one string value, also the widest printf
+    field; ``max_array``: bytes of one data array; ``max_memory``: bytes of
+    all variables together (globals, and the locals of the running command).
+    Exceeding one is a spec error ("Out of memory ..."): the command stops,
+    the server serves on.
+    """
+
+    max_string: int = MAX_STRING
+    max_array: int = 128 << 20
+    max_memory: int = 256 << 20
+
 
 # -- values ------------------------------------------------------------------
 
@@ -74,10 +92,21 @@ class SpecAbort(SpecError):
     """^C: the command was aborted."""
 
 
-def bounded(s: str) -> str:
-    if len(s) > MAX_STRING:
-        raise SpecError(f"String longer than {MAX_STRING} characters.")
+def bounded(s: str, limit: int = MAX_STRING) -> str:
+    if len(s) > limit:
+        raise SpecError(f"String longer than {limit} characters.")
     return s
+
+
+def value_size(v) -> int:
+    """Approximate bytes a value holds (for the max_memory bound)."""
+    if isinstance(v, str):
+        return 56 + len(v)
+    if isinstance(v, Assoc):
+        return 64 + sum(80 + len(k) + value_size(x) for k, x in list(v.items()))
+    if isinstance(v, DataArray):
+        return 112 + v.arr.nbytes
+    return 24
 
 
 def to_num(v) -> float:

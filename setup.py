@@ -59,7 +59,14 @@ setup(
         "lz4",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "hypothesis", "ruff"],
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            "hypothesis",
+            "ruff",
+            # CSS's own spec client, to test specsrv with (it needs asyncore)
+            "certif-pyspec; python_version < '3.12'",
+        ],
     },
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
     data_files=[

@@ -66,6 +66,8 @@ setup(
             "ruff",
             # CSS's own spec client, to test specsrv with (it needs asyncore)
             "certif-pyspec; python_version < '3.12'",
+            # the field's reader of spec data files, to open specsrv's scans with
+            "silx",
         ],
     },
     entry_points={"console_scripts": CONSOLE_SCRIPTS},

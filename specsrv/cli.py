@@ -192,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
         " restarts (default: not kept)",
     )
     p.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        metavar="DIR",
+        default=None,
+        help="files that commands name (newfile, fprintf, on) are confined to DIR"
+        " (default: the directory specsrv starts in)",
+    )
+    p.add_argument(
         "-f",
         dest="fresh",
         action="store_true",
@@ -291,7 +299,10 @@ class SpecService(runtime.Service):
         name = args.name or default_name()
         if len(args.startup) > MAX_STARTUP_FILES:
             raise ConfigError(f"at most {MAX_STARTUP_FILES} -C files")
-        state = StateFile(args.state_dir, name) if args.state_dir else None
+        # the daemon works in /: resolve every path before the fork
+        state = StateFile(os.path.abspath(args.state_dir), name) if args.state_dir else None
+        args.startup = [os.path.abspath(f) for f in args.startup]
+        data_dir = os.path.abspath(args.data_dir or os.getcwd())
         self.spec = SpecEngine(
             name,
             cfg,
@@ -304,6 +315,7 @@ class SpecService(runtime.Service):
             limits=Limits(args.max_string, args.max_array, args.max_memory),
             state=state,
             fresh=args.fresh,
+            data_dir=data_dir,
         )
         self.tcp = None
 

@@ -119,6 +119,7 @@ class SpecEngine:
         limits: Limits | None = None,
         state: StateFile | None = None,
         fresh: bool = False,
+        data_dir: str | None = None,
     ) -> None:
         self.name = name
         self.deleted_flag = deleted_flag
@@ -132,7 +133,7 @@ class SpecEngine:
         self.state = state
         if state is not None and not fresh:
             state.load(self.hw)  # before the interpreter copies positions into A[]
-        self.interp = Interp(self.hw, name=name, limits=limits)
+        self.interp = Interp(self.hw, name=name, limits=limits, data_dir=data_dir)
         self.interp.globals["DEBUG"] = float(debug)
         self.interp.on_var = self._on_var
         self.interp.on_output = self._on_output

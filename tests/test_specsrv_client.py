@@ -37,10 +37,12 @@ def cfg(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(cfg):
+def server(cfg, tmp_path_factory):
     port = procs.free_port()
     with procs.running(
         "specsrv.cli",
+        "--data-dir",  # files that commands name stay inside (tests' tmp_path)
+        str(tmp_path_factory.getbasetemp()),
         "-S",
         str(port),
         "-H",

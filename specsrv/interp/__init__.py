@@ -16,10 +16,12 @@ The package, in the order a command flows through it:
 ``interpreter`` runs the nodes (:class:`Interp`)
 ``commands``    the one table of built-in word commands (``mv``, ``ct``, ...)
 ``builtins``    the one table of built-in functions (``sin``, ``motor_par``, ...)
+``scans``       the standard scans, newfile and the data file, lscmd, prdef
 ``format``      printf formats and the tables ``wa``/``wm``/``ct`` print
 ``values``      spec values (numbers, strings, associative and data arrays)
 """
 
+from . import scans  # noqa: F401 - registers the scan commands
 from .builtins import BUILTINS, builtin
 from .commands import COMMANDS, command
 from .format import count_report, limits_table, motor_table, spec_sprintf

@@ -17,6 +17,7 @@ import os
 import pwd
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -77,10 +78,20 @@ class Interp:
     """Executes spec commands against globals and the simulated hardware."""
 
     def __init__(
-        self, hw: Instrument, *, name: str = "spec", port: int = 0, limits: Limits | None = None
+        self,
+        hw: Instrument,
+        *,
+        name: str = "spec",
+        port: int = 0,
+        limits: Limits | None = None,
+        data_dir: str | None = None,
     ) -> None:
         self.hw = hw
         self.limits = limits or Limits()
+        #: files clients name (fprintf, on, newfile) are confined to this directory
+        self.data_dir = data_dir or os.getcwd()
+        #: the open scan data file (see scans.py), or None
+        self.scan_file = None
         #: approximate bytes held by global variables, and by the locals of
         #: the running command (see Limits.max_memory)
         self.heap = 0
@@ -114,6 +125,11 @@ class Interp:
         self.globals["MOTORS"] = float(len(hw.motors))
         self.globals["COUNTERS"] = float(len(hw.counters))
         self.globals["USER"] = _login_name()
+        # the standard macros' globals that scans use and clients read
+        self.globals["EPOCH"] = float(int(time.time()))
+        self.globals["DATAFILE"] = "/dev/null"
+        self.globals["SCAN_N"] = 0.0
+        self.globals["NPTS"] = 0.0
         self.builtin_assoc = {"A", "S"}
         self.constants.update({"PI", "SPEC", "VERSION", "MOTORS", "COUNTERS", "USER"})
 
@@ -191,9 +207,26 @@ class Interp:
             if f != "tty" and file == "tty":
                 self.append_file(f, text)
 
+    def file_path(self, name: str) -> str:
+        """The file a client names, confined to the data directory.
+
+        Relative names are taken relative to ``data_dir``; a name (after
+        symbolic links) outside it is refused.  ``/dev/null`` is allowed.
+        """
+        if name == "/dev/null":
+            return name
+        if not name or "\0" in name or len(name) > 4096:
+            raise SpecError("Bad file name.")
+        root = os.path.realpath(self.data_dir)
+        full = os.path.realpath(os.path.join(root, name))
+        if full != root and not full.startswith(root.rstrip("/") + "/"):
+            raise SpecError(f'Can\'t open "{name}": outside the data directory.')
+        return full
+
     def append_file(self, path: str, text: str) -> None:
+        full = self.file_path(path)
         try:
-            with open(path, "a", encoding="utf-8") as fh:
+            with open(full, "a", encoding="utf-8") as fh:
                 fh.write(text)
         except OSError as exc:
             raise SpecError(f'Can\'t open "{path}": {exc.strerror}.') from None
@@ -786,6 +819,11 @@ class Interp:
     def waitmove(self) -> None:
         self.hw.wait_motors(self.aborted)
         self.check()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait, stopping at once on ^C."""
+        if self.abort_event.wait(max(0.0, seconds)):
+            self.check()
 
     def waitcount(self) -> None:
         self.hw.wait_count(self.aborted)

@@ -17,6 +17,7 @@ _TOKEN_RE = re.compile(
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<op><<=|>>=|\+\+|--|&&|\|\||==|!=|<=|>=|<<|>>|\+=|-=|\*=|/=|%=|&=|\|=|\^=
            |[-+*/%<>=!~&|^?:;,()\[\]{}])
+  | (?P<other>[^\s])
     """,
     re.X | re.S,
 )
@@ -69,7 +70,9 @@ def tokenize(src: str) -> list[Tok]:
             toks.append(Tok("num", text, pos, m.end()))
         elif kind == "nl":
             toks.append(Tok("nl", "\n", pos, m.end()))
-        elif kind in ("ident", "op", "dollar"):
+        elif kind in ("ident", "op", "dollar", "other"):
+            # "other": a character only macro words may hold (newfile a.dat);
+            # in an expression the parser reports a syntax error
             toks.append(Tok(kind, text, pos, m.end()))
         pos = m.end()
     toks.append(Tok("eof", "", n, n))

@@ -20,6 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
+from common.ratelimit import LogLimiter
+
 from . import protocol as P
 from .interp import (
     Assoc,
@@ -48,6 +50,8 @@ from .protocol import Cmd, ErrorValue, Packet, Type
 from .state import StateFile
 
 log = logging.getLogger("specsrv")
+#: repeated refusals of one peer's requests are logged a few times, then counted
+limited = LogLimiter(log)
 
 MAX_PENDING_PER_CLIENT = 256
 #: commands in the queue from all clients together (also those of clients gone)
@@ -87,6 +91,10 @@ class Job:
     cancelled: bool = False
     #: a command packet from a client: echoed on output/tty with the prompt
     echo: bool = False
+
+
+def _host(client: Peer) -> str:
+    return client.peer.rpartition(":")[0]
 
 
 def wire_value(v):
@@ -424,7 +432,14 @@ class SpecEngine:
             try:
                 self.send_property(client, pkt)
             except PropError as exc:
-                log.info("%s: CHAN_SEND %s refused: %s", client.peer, pkt.name, exc)
+                limited.log(
+                    f"CHAN_SEND refused from {_host(client)}",
+                    logging.INFO,
+                    "%s: CHAN_SEND %s refused: %s",
+                    client.peer,
+                    pkt.name,
+                    exc,
+                )
                 client.error_reply(pkt.sn, str(exc), name=pkt.name)
         elif cmd == Cmd.REGISTER:
             self.register(client, pkt.name)
@@ -448,7 +463,13 @@ class SpecEngine:
             return False
         else:
             # RETURN, and server-to-client codes sent by a confused client
-            log.info("%s: ignoring %s from a client", client.peer, pkt.cmd_name)
+            limited.log(
+                f"odd request from {_host(client)}",
+                logging.INFO,
+                "%s: ignoring %s from a client",
+                client.peer,
+                pkt.cmd_name,
+            )
             if P.error_reply_due(pkt):
                 client.error_reply(pkt.sn, f"{pkt.cmd_name} is not a client request", err=2)
         return True
@@ -480,7 +501,13 @@ class SpecEngine:
         if not valid:
             msg = f"Unrecognizable or unavailable property {prop!r}."
             self.last_error = msg
-            log.info("%s: REGISTER %s refused", client.peer, prop)
+            limited.log(
+                f"REGISTER refused from {_host(client)}",
+                logging.INFO,
+                "%s: REGISTER %s refused",
+                client.peer,
+                prop,
+            )
             if client in self.registry.get("error", ()):
                 client.send_packet(P.make_packet(Cmd.EVENT, msg, name="error", order=client.order))
             return
@@ -488,8 +515,12 @@ class SpecEngine:
             if client.registrations >= MAX_REGISTRATIONS_PER_CLIENT and client not in (
                 self.registry.get(prop, ())
             ):
-                log.warning(
-                    "%s: more than %d registrations refused", client.peer, client.registrations
+                limited.log(
+                    f"registrations refused from {_host(client)}",
+                    logging.WARNING,
+                    "%s: more than %d registrations refused",
+                    client.peer,
+                    client.registrations,
                 )
                 return
             if client not in self.registry[prop]:

@@ -25,6 +25,8 @@ from . import protocol as P
 from .engine import SpecEngine
 from .interp import Limits
 from .motors import DEFAULT_CONFIG, read_config
+from .record import DEFAULT_MAX_BYTES as DEFAULT_RECORD_MAX
+from .record import PacketRecorder
 from .server import DEFAULT_MAX_CLIENTS, bind_first_free
 from .state import StateFile
 
@@ -215,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
         f" repeatable, up to {MAX_STARTUP_FILES}",
     )
     p.add_argument(
+        "--record",
+        dest="record",
+        metavar="FILE",
+        default=None,
+        help="append every packet read and written (also the gateway's) to FILE as JSON lines",
+    )
+    p.add_argument(
+        "--record-max",
+        dest="record_max",
+        metavar="BYTES",
+        type=byte_count,
+        default=DEFAULT_RECORD_MAX,
+        help=f"stop recording when FILE reaches BYTES (default {DEFAULT_RECORD_MAX})",
+    )
+    p.add_argument(
         "--deleted-flag",
         dest="deleted_flag",
         metavar="FLAG",
@@ -303,6 +320,12 @@ class SpecService(runtime.Service):
         state = StateFile(os.path.abspath(args.state_dir), name) if args.state_dir else None
         args.startup = [os.path.abspath(f) for f in args.startup]
         data_dir = os.path.abspath(args.data_dir or os.getcwd())
+        recorder = None
+        if args.record:
+            try:
+                recorder = PacketRecorder(os.path.abspath(args.record), args.record_max)
+            except OSError as exc:
+                raise ConfigError(f"cannot open {args.record}: {exc.strerror}") from None
         self.spec = SpecEngine(
             name,
             cfg,
@@ -316,6 +339,7 @@ class SpecService(runtime.Service):
             state=state,
             fresh=args.fresh,
             data_dir=data_dir,
+            recorder=recorder,
         )
         self.tcp = None
 

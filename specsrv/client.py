@@ -173,6 +173,8 @@ class SpecConnection:
         self._reconnector: threading.Thread | None = None
         self._pktlog = P.PacketLog("c")
         self._ever_up = False
+        #: called with ("R"|"W", packet) for every packet (specsrv --record)
+        self.recorder: Callable[[str, Packet], None] | None = None
 
     # -- connection ----------------------------------------------------------------
     def connect(self) -> None:
@@ -295,6 +297,8 @@ class SpecConnection:
         return sn
 
     def _trace(self, direction: str, pkt: Packet, raw: bytes = b"") -> None:
+        if self.recorder is not None:
+            self.recorder(direction, pkt)
         if self.debug & P.DEBUG_PACKETS:
             self.debug_out(self._pktlog.line(direction, pkt, time.monotonic()))
 

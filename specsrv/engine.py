@@ -23,6 +23,7 @@ import numpy as np
 from common.ratelimit import LogLimiter
 
 from . import protocol as P
+from .gateway import Gateway
 from .interp import (
     Assoc,
     DataArray,
@@ -47,6 +48,7 @@ from .properties import (
     wire_number,
 )
 from .protocol import Cmd, ErrorValue, Packet, Type
+from .record import PacketRecorder
 from .state import StateFile
 
 log = logging.getLogger("specsrv")
@@ -128,6 +130,7 @@ class SpecEngine:
         state: StateFile | None = None,
         fresh: bool = False,
         data_dir: str | None = None,
+        recorder: PacketRecorder | None = None,
     ) -> None:
         self.name = name
         self.deleted_flag = deleted_flag
@@ -138,6 +141,10 @@ class SpecEngine:
         self.port = 0
         self.hw = Instrument(cfg, self.emit, update=update, mode=mode)
         self.hw.on_limit_abort = self._limit_abort
+        self.recorder = recorder
+        self.gateway = (
+            Gateway(self.hw, recorder) if any(m.cfg.remote for m in self.hw.motors) else None
+        )
         self.state = state
         if state is not None and not fresh:
             state.load(self.hw)  # before the interpreter copies positions into A[]
@@ -161,6 +168,8 @@ class SpecEngine:
     # -- life cycle --------------------------------------------------------------
     def start(self) -> None:
         self.interp.globals["IS_SERVER"] = float(self.port)
+        if self.gateway is not None:
+            self.gateway.start()
         self.hw.start()
         self._cmd_thread = threading.Thread(target=self._command_loop, name="command", daemon=True)
         self._cmd_thread.start()
@@ -174,8 +183,12 @@ class SpecEngine:
         if self._cmd_thread is not None:
             self._cmd_thread.join(2)
         self.hw.stop()
+        if self.gateway is not None:
+            self.gateway.stop()
         if self.state is not None:
             self.state.save(self.hw)
+        if self.recorder is not None:
+            self.recorder.close()
         for c in list(self.clients):
             c.flush_and_close(0.5)
 

@@ -78,6 +78,8 @@ _MOTOR_KEYS = {
     "low_switch": float,
     "high_switch": float,
     "disabled": int,
+    "remote": str,
+    "remote_mne": str,
 }
 _COUNTER_KEYS = {"name": str, "type": str, "rate": float, "scale": float}
 COUNTER_KINDS = ("timer", "monitor", "detector")
@@ -102,6 +104,9 @@ class MotorConfig:
     low_switch: float | None = None
     high_switch: float | None = None
     disabled: int = 0
+    #: gateway mode: HOST:NAME or HOST:PORT of the spec server that has this motor
+    remote: str = ""
+    remote_mne: str = ""
     params: dict[str, float] = field(default_factory=dict)
 
 
@@ -288,6 +293,9 @@ class Motor:
         self.legs: list[float] = []
         self.profile: Profile | None = None
         self.t0 = 0.0
+        #: gateway mode: the link to the remote motor (gateway.RemoteMotor)
+        self.remote = None
+        self.remote_moving = False
 
     def quantise(self, dial: float) -> float:
         return round(dial * self.steps) / self.steps
@@ -304,7 +312,7 @@ class Motor:
 
     @property
     def moving(self) -> bool:
-        return self.profile is not None
+        return self.profile is not None or self.remote_moving
 
     def user_limits(self) -> tuple[float, float]:
         a, b = self.user_of(self.low), self.user_of(self.high)
@@ -503,13 +511,19 @@ class Instrument:
                 m = self.motor(mne)
                 if m.moving:
                     raise MotionError(f"Motor '{mne}' is already moving.")
-                plan.append((m, self.check_move(m, user)))
+                plan.append((m, self.check_move(m, user), user))
             now = time.monotonic()
             started = []
-            for m, dial in plan:
+            for m, dial, user in plan:
                 if dial == m.dial:
                     continue
                 m.low_hit = m.high_hit = 0
+                if m.remote is not None:
+                    m.remote_moving = True
+                    m.remote.start(user)
+                    started.append(m.mne)
+                    self.emit(f"motor/{m.mne}/move_done", 1)
+                    continue
                 backlash = m.params.get("backlash", 0.0) / abs(m.steps)
                 legs = [dial]
                 if backlash and (dial - m.dial) * backlash < 0:
@@ -523,6 +537,10 @@ class Instrument:
 
     def search(self, mne: str, how: str, home_pos: float | None = None) -> None:
         m = self.motor(mne)
+        if m.remote is not None:
+            extra = f" {home_pos!r}" if home_pos is not None else ""
+            m.remote.put("search", f"{how}{extra}")
+            return
         if m.disabled:
             raise MotionError(f"Motor '{m.mne}' is unusable.")
         if how.startswith("home"):
@@ -545,13 +563,19 @@ class Instrument:
             self.set_dial(mne, home_pos)
 
     def abort(self) -> None:
+        links = set()
         with self.changed:
             for m in self.motors:
-                if m.moving:
+                if m.remote is not None:
+                    if m.remote_moving:
+                        links.add(m.remote.link)
+                elif m.moving:
                     self._halt(m)
             if self.counting:
                 self._finish_count(time.monotonic())
             self.changed.notify_all()
+        for link in links:  # outside the lock: a remote's events take it
+            link.abort()
 
     def any_moving(self) -> bool:
         with self.lock:
@@ -571,6 +595,10 @@ class Instrument:
 
     def set_dial(self, mne: str, dial: float) -> None:
         """New dial position; the offset stays, so the user position follows."""
+        m = self.motor(mne)
+        if m.remote is not None:  # outside the lock: the remote's events take it
+            m.remote.put("dial_position", repr(float(dial)))
+            return
         with self.lock:
             m = self.motor(mne)
             m.dial = m.quantise(dial)
@@ -579,6 +607,10 @@ class Instrument:
             self.emit(f"motor/{m.mne}/position", m.user)
 
     def set_user(self, mne: str, user: float) -> None:
+        m = self.motor(mne)
+        if m.remote is not None:
+            m.remote.put("offset", repr(float(user - m.sign * m.dial)))
+            return
         with self.lock:
             m = self.motor(mne)
             m.offset = user - m.sign * m.dial
@@ -586,6 +618,11 @@ class Instrument:
             self.emit(f"motor/{m.mne}/position", m.user)
 
     def set_limits(self, mne: str, user_a: float, user_b: float) -> None:
+        m = self.motor(mne)
+        if m.remote is not None:
+            lo, hi = sorted((user_a, user_b))
+            m.remote.put("limits", f"{lo!r} {hi!r}")
+            return
         with self.lock:
             m = self.motor(mne)
             d1, d2 = sorted((m.dial_of(user_a), m.dial_of(user_b)))
@@ -597,6 +634,10 @@ class Instrument:
                 self.emit(f"motor/{m.mne}/high_limit", m.high)
 
     def set_param(self, mne: str, name: str, value: float) -> None:
+        m = self.motor(mne)
+        if m.remote is not None and name != "disable":
+            m.remote.put(name, repr(float(value)))
+            return
         with self.lock:
             m = self.motor(mne)
             if name == "disable":

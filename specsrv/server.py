@@ -188,6 +188,13 @@ class ClientConnection:
         dbg = self.engine.debug
         if dbg:
             self._debug_write(dbg, data, pkt, pkt_hint, more)
+        rec = self.engine.recorder
+        if rec is not None:
+            if pkt is None and pkt_hint is not None:
+                pkt = P.make_packet(Cmd.EVENT, wire_value(pkt_hint[1]), name=pkt_hint[0])
+            if pkt is not None:
+                pkt.vers = self.vers
+                rec.record("W", "server", self.peer, pkt)
         self.writer.send(data, more)
 
     def reply(self, sn: int, value, name: str = "") -> None:
@@ -281,6 +288,8 @@ class ClientConnection:
         """Act on one packet; False closes the connection."""
         if self.engine.debug:
             self._debug_read(pkt)
+        if self.engine.recorder is not None:
+            self.engine.recorder.record("R", "server", self.peer, pkt)
         return self.engine.handle(self, pkt)
 
 

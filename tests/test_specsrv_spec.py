@@ -15,9 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support import procs
 from tests.test_specsrv_wire import (
+    ABORT,
     CHAN_SEND,
     CMD,
     CMD_WITH_RETURN,
@@ -394,3 +397,65 @@ def test_certif_pyspec_client(server):
         assert errors == []  # no initial "error" event taken for a failure
     finally:
         conn.close_connection()
+
+
+# -- fuzz: any bytes, any command text; bounded memory, a live server ------------------
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fuzz")
+    proc, port, _ = start(d, "--max-memory", str(16 << 20), "--max-data", str(1 << 20))
+    yield proc, port
+    procs.stop(proc)
+
+
+_WORDS = [
+    "sprintf(",
+    '"%',
+    "999999999",
+    "d",
+    '", 1)',
+    "s = s s",
+    "while (1)",
+    "{",
+    "}",
+    ";",
+    "array a[",
+    "]",
+    "umv m1 ",
+    "ascan m1 0 1 2 0.01",
+    "delete",
+    "A[",
+    "p ",
+    "$1",
+    "\\",
+]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    raw=st.binary(max_size=600),
+    words=st.lists(st.sampled_from(_WORDS), max_size=12),
+    header=st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(0, 1 << 21)),
+)
+def test_fuzzed_connections_leave_a_live_server_with_bounded_memory(
+    fuzz_server, raw, words, header
+):
+    proc, port = fuzz_server
+    cmd, type_, length = header
+    c = Raw(port)
+    try:
+        text_cmd = "".join(words).encode()
+        c.send(cmd, sn=1, data=text_cmd[:length], type_=type_, length=min(length, len(text_cmd)))
+        c.sock.sendall(raw)
+    except OSError:
+        pass  # the server may close a connection whose stream cannot go on
+    finally:
+        c.close()
+    probe = Raw(port)
+    probe.send(HELLO, sn=77)
+    assert probe.expect(HELLO_REPLY, sn=77, timeout=30)["name"] == NAME
+    probe.send(ABORT)  # stop whatever the fuzzed command left running
+    probe.close()
+    assert rss_kib(proc.pid) < 400 * 1024

@@ -143,7 +143,9 @@ class SpecEngine:
         self.hw.on_limit_abort = self._limit_abort
         self.recorder = recorder
         self.gateway = (
-            Gateway(self.hw, recorder) if any(m.cfg.remote for m in self.hw.motors) else None
+            Gateway(self.hw, recorder)
+            if any(ch.cfg.remote for ch in [*self.hw.motors, *self.hw.counters])
+            else None
         )
         self.state = state
         if state is not None and not fresh:

@@ -1,4 +1,5 @@
-"""Gateway mode: motors served by another spec server (real spec or specsrv).
+"""Gateway mode: motors and counters served by another spec server (real spec
+or specsrv).
 
 A motor line of specsrv.conf(5) with ``remote=HOST:NAME`` (or
 ``HOST:PORT``, and ``remote_mne=MNE`` when the remote mnemonic differs) is
@@ -14,6 +15,11 @@ of the protocol (:mod:`specsrv.client`), and
   property writes (offset, dial_position, limits, the parameter, search);
 * turns ^C (SV_ABORT, ``abort_all``) into ``motor/../abort_all`` on the
   remote.
+
+A counter line with ``remote=`` takes its value from the remote's
+``scaler/MNE/value`` events; when specsrv counts, it starts the remote's
+count (``scaler/.all./count``) with the same preset and waits for it to end
+(^C stops it).
 
 A remote that is not reachable leaves its motors unusable (``unusable`` 1,
 moves refused) until it answers; the client reconnects by itself.
@@ -150,6 +156,38 @@ class RemoteMotor:
             raise GatewayError(f"{self.m.mne}: {self.link.address}: {exc}") from None
 
 
+class RemoteCounter:
+    """The link of one local counter to a counter of a remote spec server."""
+
+    def __init__(self, hw, c, link: RemoteLink, rmne: str) -> None:
+        self.hw = hw
+        self.c = c
+        self.link = link
+        self.rmne = rmne
+
+    def attach(self) -> bool:
+        conn = self.link.conn
+        try:
+            conn.prop_watch(f"scaler/{self.rmne}/value", self._value)
+            conn.prop_watch("scaler/.all./count", self.link.count_event)
+        except (OSError, RemoteError) as exc:
+            log.warning(
+                "gateway: counter %s on %s not available: %s", self.c.mne, self.link.address, exc
+            )
+            return False
+        return True
+
+    def _value(self, value, prop: str, flags: int) -> None:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            return
+        with self.hw.changed:
+            self.c.value = v
+            self.hw.emit(f"scaler/{self.c.mne}/value", v)
+            self.hw.changed.notify_all()
+
+
 class GatewayError(MotionError):
     """A remote refused or could not be reached (a spec error for the command)."""
 
@@ -161,10 +199,13 @@ class RemoteLink:
         self.address = address
         self.conn = SpecConnection(address, timeout=5.0)
         self.closed = threading.Event()
+        #: the remote is counting for us (set when we start it, cleared by its event)
+        self.counting = False
+        self.hw = None
         if recorder is not None:
             self.conn.recorder = lambda d, pkt: recorder.record(d, "gateway", address, pkt)
 
-    def retry(self, motors: list[RemoteMotor]) -> None:
+    def retry(self, motors: list) -> None:
         """Attach ``motors`` once the remote answers (in the background)."""
 
         def loop() -> None:
@@ -175,6 +216,34 @@ class RemoteLink:
                 delay = min(delay * 2, 5.0)
 
         threading.Thread(target=loop, name=f"gateway-{self.address}", daemon=True).start()
+
+    def count_event(self, value, prop: str, flags: int) -> None:
+        try:
+            on = bool(float(value))
+        except (TypeError, ValueError):
+            return
+        if not on and self.hw is not None:
+            with self.hw.changed:
+                self.counting = False
+                self.hw.changed.notify_all()
+
+    def start_count(self, preset: float) -> None:
+        try:
+            self.conn.prop_put("scaler/.all./count", repr(float(preset)), check=True)
+        except (OSError, RemoteError) as exc:
+            log.warning("gateway: counting on %s: %s", self.address, exc)
+            with self.hw.changed:
+                self.counting = False
+                self.hw.changed.notify_all()
+
+    def stop_count(self) -> None:
+        try:
+            self.conn.prop_put("scaler/.all./count", 0)
+        except (OSError, RemoteError) as exc:
+            log.info("gateway: stopping the count on %s: %s", self.address, exc)
+        with self.hw.changed:
+            self.counting = False
+            self.hw.changed.notify_all()
 
     def abort(self) -> None:
         try:
@@ -201,12 +270,25 @@ class Gateway:
             if link is None:
                 link = self.links[addr] = RemoteLink(addr, recorder)
             m.remote = RemoteMotor(hw, m, link, m.cfg.remote_mne or m.mne)
+        for c in hw.counters:
+            addr = c.cfg.remote
+            if not addr:
+                continue
+            link = self.links.get(addr)
+            if link is None:
+                link = self.links[addr] = RemoteLink(addr, recorder)
+            c.remote = RemoteCounter(hw, c, link, c.cfg.remote_mne or c.mne)
+            hw.count_links.add(link)
+        for link in self.links.values():
+            link.hw = hw
 
     def start(self) -> None:
         failed: dict[RemoteLink, list[RemoteMotor]] = {}
-        for m in self.hw.motors:
-            if m.remote is not None and not m.remote.attach():
-                failed.setdefault(m.remote.link, []).append(m.remote)
+        remotes = [m.remote for m in self.hw.motors if m.remote is not None]
+        remotes += [c.remote for c in self.hw.counters if c.remote is not None]
+        for r in remotes:
+            if not r.attach():
+                failed.setdefault(r.link, []).append(r)
         for link, motors in failed.items():
             link.retry(motors)
         if self.links:

@@ -81,7 +81,14 @@ _MOTOR_KEYS = {
     "remote": str,
     "remote_mne": str,
 }
-_COUNTER_KEYS = {"name": str, "type": str, "rate": float, "scale": float}
+_COUNTER_KEYS = {
+    "name": str,
+    "type": str,
+    "rate": float,
+    "scale": float,
+    "remote": str,
+    "remote_mne": str,
+}
 COUNTER_KINDS = ("timer", "monitor", "detector")
 MAX_CHANNELS = 256
 
@@ -117,6 +124,9 @@ class CounterConfig:
     type: str = "detector"
     rate: float = 1000.0
     scale: float = 1.0
+    #: gateway mode: HOST:NAME or HOST:PORT of the spec server that has this counter
+    remote: str = ""
+    remote_mne: str = ""
 
 
 @dataclass
@@ -336,6 +346,8 @@ class Counter:
         self.kind = cfg.type
         self.rate = cfg.rate
         self.value = 0.0
+        #: gateway mode: the link to the remote counter (gateway.RemoteCounter)
+        self.remote = None
 
     def value_at(self, elapsed: float) -> float:
         if self.kind == "timer":
@@ -366,6 +378,8 @@ class Instrument:
         #: called (from the tick thread) when a limit is hit in -S2 mode
         self.on_limit_abort = None
         self.sync_answer: int | None = None
+        #: gateway mode: links of remote counters (gateway.RemoteLink)
+        self.count_links: set = set()
 
     # -- thread -------------------------------------------------------------
     def start(self) -> None:
@@ -576,6 +590,9 @@ class Instrument:
             self.changed.notify_all()
         for link in links:  # outside the lock: a remote's events take it
             link.abort()
+        for link in self.count_links:
+            if link.counting:
+                link.stop_count()
 
     def any_moving(self) -> bool:
         with self.lock:
@@ -665,8 +682,13 @@ class Instrument:
             self._last_value_event = self.count_t0
             for c in self.counters:
                 c.value = 0.0
+            links = list(self.count_links)
+            for link in links:
+                link.counting = True
             self.emit("scaler/.all./count", 1)
             self.changed.notify_all()
+        for link in links:  # outside the lock: a remote's events take it
+            link.start_count(preset)
 
     def _monitor(self) -> Counter | None:
         for c in self.counters:
@@ -693,7 +715,8 @@ class Instrument:
                     elapsed = need / mon.rate
         self.count_elapsed = elapsed
         for c in self.counters:
-            c.value = c.value_at(elapsed)
+            if c.remote is None:
+                c.value = c.value_at(elapsed)
         if done:
             self._finish_count(now, final=True)
         elif now - self._last_value_event >= 0.1:
@@ -705,7 +728,8 @@ class Instrument:
         if not final:
             elapsed = now - self.count_t0
             for c in self.counters:
-                c.value = c.value_at(elapsed)
+                if c.remote is None:
+                    c.value = c.value_at(elapsed)
         self.counting = False
         for c in self.counters:
             self.emit(f"scaler/{c.mne}/value", c.value)
@@ -713,7 +737,7 @@ class Instrument:
 
     def wait_count(self, aborted) -> bool:
         with self.changed:
-            while self.counting:
+            while self.counting or any(link.counting for link in self.count_links):
                 if aborted():
                     return False
                 self.changed.wait(0.05)

@@ -18,6 +18,7 @@ REMOTE = """\
 motor tth name="Two Theta" steps=1000 low=-20 high=20 base=2000 slew=20000 accel=20
 motor th steps=1000 low=-50 high=50 base=20000 slew=400000 accel=5
 counter sec type=timer
+counter det type=detector rate=500
 """
 
 
@@ -27,6 +28,7 @@ def local_config(port: int) -> str:
         f"motor theta remote=127.0.0.1:{port} remote_mne=th\n"
         "motor loc steps=1000 low=-5 high=5 base=20000 slew=400000 accel=5\n"
         "counter sec type=timer\n"
+        f"counter rdet remote=127.0.0.1:{port} remote_mne=det\n"
     )
 
 
@@ -140,3 +142,23 @@ def test_unreachable_remote_leaves_its_motors_unusable(tmp_path):
         front.close()
     finally:
         procs.stop(proc)
+
+
+def test_remote_counter_counts_on_the_remote(pair):
+    a_port, b_port, _ = pair
+    real = Raw(a_port)
+    front = Raw(b_port)
+    real.send(REGISTER, name="scaler/.all./count")
+    assert text(real.expect(EVENT, "scaler/.all./count")) == "0"
+    out = front.eval("ct 0.4", timeout=30)
+    assert out["err"] == 0, out["data"]
+    # the remote counted (its count went 1 then 0) and its value came back
+    flips = real.events({"scaler/.all./count"}, lambda ev: text(ev[-1]) == "0", timeout=10)
+    assert [text(e) for e in flips][-2:] == ["1", "0"]
+    remote_value = text(real.read("scaler/det/value"))
+    assert remote_value == "200"  # 500/s for 0.4 s
+    assert text(front.read("scaler/rdet/value")) == remote_value
+    assert text(front.eval("S[rdet]", sn=12)) == remote_value
+    assert text(front.read("scaler/sec/value")) == "0.4"  # the local timer beside it
+    real.close()
+    front.close()

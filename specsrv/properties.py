@@ -6,7 +6,7 @@ property is one entry:
 
 ``motor/MNE/WHAT``   :data:`MOTOR_PROPS` (``WHAT`` -> :class:`MotorProp`),
                      plus every motor parameter of ``motor_par``
-``motor/../WHAT``    :data:`MOTOR_ALL` (prestart_all, start_all, abort_all)
+``motor/../WHAT``    prestart_all, start_all, abort_all (the engine)
 ``scaler/...``       :data:`SCALER_PROPS`
 ``status/WHAT``      :data:`STATUS_PROPS`
 ``var/NAME[k]``      globals of the interpreter (read, written, watched)
@@ -142,10 +142,8 @@ MOTOR_PROPS: dict[str, MotorProp] = {
     **{name: _param_prop(name) for name in MOTOR_PARAMS},
 }
 
-#: send-only motor properties handled by the engine (client state involved)
-MOTOR_CLIENT_PROPS = ("start_one", "sync_check")
-#: motor/../WHAT
-MOTOR_ALL = ("prestart_all", "start_all", "abort_all")
+# start_one and sync_check (client state involved) and motor/../prestart_all,
+# start_all, abort_all are handled by the engine (SpecEngine._send_motor).
 
 
 def read_motor(m: Motor, what: str):

@@ -380,6 +380,8 @@ class SpecService(runtime.Service):
         if old != new:
             raise ConfigError("motor or counter mnemonics changed: restart specsrv to apply")
         for mc in cfg.motors:
+            if mc.remote or hw.by_mne[mc.mne].remote is not None:
+                continue  # a gateway motor's parameters belong to its server
             hw.set_param(mc.mne, "base_rate", mc.base)
             hw.set_param(mc.mne, "slew_rate", mc.slew)
             hw.set_param(mc.mne, "acceleration", mc.accel)
@@ -392,6 +394,8 @@ class SpecService(runtime.Service):
             hw.emit(f"motor/{m.mne}/high_limit", m.high)
         for cc in cfg.counters:
             c = hw.cnt_by_mne[cc.mne]
+            if cc.remote or c.remote is not None:
+                continue
             c.rate, c.cfg = cc.rate, cc
         return f"{self.config_path}: rates and limits reloaded"
 

@@ -15,7 +15,7 @@ from tests.test_specsrv_wire import ABORT, CMD, ERROR, EVENT, REGISTER, Raw, tex
 pytestmark = pytest.mark.timeout(120)
 
 REMOTE = """\
-motor tth name="Two Theta" steps=1000 low=-20 high=20 base=2000 slew=20000 accel=20
+motor tth name="Two Theta" steps=1000 low=-20 high=20 base=2000 slew=5000 accel=20
 motor th steps=1000 low=-50 high=50 base=20000 slew=400000 accel=5
 counter sec type=timer
 counter det type=detector rate=500
@@ -87,7 +87,7 @@ def test_abort_stops_the_remote_motor(pair):
     a_port, b_port, _ = pair
     real = Raw(a_port)
     front = Raw(b_port)
-    front.send(CMD, data=b"umv tth 19\0")  # slow: 19 degrees at 20 deg/s
+    front.send(CMD, data=b"umv tth 19\0")  # slow: 19 degrees at 5 deg/s
     assert procs.wait_until(lambda: float(text(real.read("motor/tth/position"))) > 0.5, 10)
     front.send(ABORT)
     assert procs.wait_until(lambda: text(real.read("motor/tth/move_done")) == "0", 10)

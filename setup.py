@@ -70,7 +70,16 @@ setup(
         "lz4",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "hypothesis", "ruff"],
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            "hypothesis",
+            "ruff",
+            # CSS's own spec client, to test specsrv with (it needs asyncore)
+            "certif-pyspec; python_version < '3.12'",
+            # the field's reader of spec data files, to open specsrv's scans with
+            "silx",
+        ],
     },
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
     data_files=[

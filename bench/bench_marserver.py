@@ -3,11 +3,13 @@
 Every figure is printed with a baseline measured in the same run:
 
 * DATA fan-out to 10 clients against marsim ``--blast``: aggregate bytes/s
-  over one client reading marsim directly (raw single stream; target >= 0.8);
+  over one client reading marsim directly (raw single stream; target >= 0.9),
+  both measured back to back in each of 5 rounds and compared as medians;
   marserver runs with ``--backpressure`` here, since a blasting source outruns
   every reader;
 * the same with one of the 10 clients stalled: the other nine's per-client
-  rate over the unstalled per-client rate (target >= 0.9);
+  rate over the unstalled per-client rate, and the cost (1 - that ratio;
+  target <= 5 %);
 * STATUS latency marsim -> marserver -> 10 clients (marsim stamps each record
   with CLOCK_MONOTONIC), against one client reading marsim directly
   (target p99 < 2 ms);
@@ -141,53 +143,71 @@ def _raw(port: int, seconds: float) -> float:
         direct.close()
 
 
-def bench_fanout(seconds: float) -> None:
+def bench_fanout(seconds: float, rounds: int = 5) -> None:
+    """Raw, fan-out and stalled fan-out, interleaved in ``rounds``; medians compared.
+
+    A shared 2-core machine drifts by tens of per cent within a minute, so
+    each round measures the baseline and both fan-out cases back to back,
+    and the figures are medians over the rounds.
+    """
     base = procs.free_port_block(4)
     sim = _sim(base, "--blast", "-r", "1")
+    raws, aggs, pers, pers2, mins = [], [], [], [], []
+    dropped = dropped2 = 0
+    stalled_all = True
     try:
-        raw1 = _raw(base + 2, seconds)
-        # marsim blasts at ~100x the scanner's real rate, so the per-client bound
-        # is scaled up too: 64 MB is ~0.3 s of lag here (the 4 MB default is ~2 s
-        # of a real mar345 scan but only ~20 ms at these rates)
-        # --backpressure: marsim --blast outruns any reader, so without it every
-        # client would be dropped; the marserver default never pauses the hardware
-        relay = _Relay(base, "-d", "--queue", str(QUEUE), "--backpressure", wait=P.Port.DATA)
-        try:
-            readers = _Readers(relay.cbase + 2, N_CLIENTS)
-            rates = readers.rates(seconds)
-            readers.close()
-            time.sleep(0.5)
-            readers2 = _Readers(relay.cbase + 2, N_CLIENTS - 1, stalled=1)
-            rates2 = readers2.rates(seconds)
-            stalled_dropped = readers2.stalled_dropped()
-            readers2.close()
-        finally:
-            relay.stop()
-        time.sleep(0.3)
-        raw2 = _raw(base + 2, seconds)
+        for _ in range(rounds):
+            raws.append(_raw(base + 2, seconds))
+            # marsim blasts at ~100x the scanner's real rate, so the per-client bound
+            # is scaled up too: 64 MB is ~0.3 s of lag here (the 4 MB default is ~2 s
+            # of a real mar345 scan but only ~20 ms at these rates)
+            # --backpressure: marsim --blast outruns any reader, so without it every
+            # client would be dropped; the marserver default never pauses the hardware
+            relay = _Relay(base, "-d", "--queue", str(QUEUE), "--backpressure", wait=P.Port.DATA)
+            try:
+                readers = _Readers(relay.cbase + 2, N_CLIENTS)
+                rates = readers.rates(seconds)
+                readers.close()
+                dropped += sum(readers.dropped)
+                time.sleep(0.3)
+                readers2 = _Readers(relay.cbase + 2, N_CLIENTS - 1, stalled=1)
+                rates2 = readers2.rates(seconds)
+                stalled_all &= readers2.stalled_dropped()
+                readers2.close()
+                dropped2 += sum(readers2.dropped)
+            finally:
+                relay.stop()
+            time.sleep(0.3)
+            aggs.append(sum(rates))
+            pers.append(sum(rates) / N_CLIENTS)
+            mins.append(min(rates))
+            pers2.append(sum(rates2) / len(rates2))
     finally:
         procs.stop(sim)
-    raw = max(raw1, raw2)  # the better of two runs: the conservative baseline
-    agg = sum(rates)
-    per = agg / N_CLIENTS
-    per2 = sum(rates2) / len(rates2)
+    med = statistics.median
+    raw, agg, per, per2 = med(raws), med(aggs), med(pers), med(pers2)
+
+    def mbs(xs):
+        return ", ".join(f"{x / 1e6:.0f}" for x in xs)
+
     print(
-        f"raw loopback, marsim -> 1 client:      {raw / 1e6:9.1f} MB/s  (baseline; best of"
-        f" {raw1 / 1e6:.0f} and {raw2 / 1e6:.0f})"
+        f"raw loopback, marsim -> 1 client:         {raw / 1e6:9.1f} MB/s  (baseline; median of"
+        f" {mbs(raws)})"
     )
     print(
         f"fan-out to {N_CLIENTS} clients, aggregate:      {agg / 1e6:9.1f} MB/s"
-        f"  ratio {agg / raw:5.2f} (target >= 0.8)"
+        f"  ratio {agg / raw:5.2f} (target >= 0.9; rounds {mbs(aggs)})"
     )
     print(
-        f"  per client mean {per / 1e6:.1f} MB/s, min {min(rates) / 1e6:.1f} MB/s,"
-        f" clients dropped {sum(readers.dropped)} (--queue {QUEUE} --backpressure)"
+        f"  per client mean {per / 1e6:.1f} MB/s, min {min(mins) / 1e6:.1f} MB/s,"
+        f" clients dropped {dropped} (--queue {QUEUE} --backpressure)"
     )
     print(
         f"one of {N_CLIENTS} stalled, other nine per client: {per2 / 1e6:7.1f} MB/s"
-        f"  ratio {per2 / per:5.2f} to unstalled (target >= 0.9);"
-        f" stalled client disconnected: {'yes' if stalled_dropped else 'no'},"
-        f" others dropped {sum(readers2.dropped)}"
+        f"  ratio {per2 / per:5.2f} to unstalled, cost {max(0.0, 1 - per2 / per):.1%}"
+        f" (target <= 5 %; rounds {mbs(pers2)} vs {mbs(pers)});"
+        f" stalled client disconnected: {'yes' if stalled_all else 'no'},"
+        f" others dropped {dropped2}"
     )
 
 
@@ -214,7 +234,10 @@ def _latencies(socks: list[socket.socket], seconds: float) -> list[float]:
             if not data:
                 sel.unregister(key.fileobj)
                 continue
-            chunk = framers[key.fileobj].feed(data)
+            framer = framers[key.fileobj]
+            framer.feed(data)
+            ev = framer.next_event()
+            chunk = ev.data if ev is not None else b""
             for i in range(0, len(chunk), 404):
                 lat.append((now - P.send_time(HW, chunk, i)) / 1e6)
     sel.close()
@@ -366,7 +389,7 @@ def bench_reconnect(backoff: float = 1.0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench marserver")
-    ap.add_argument("--seconds", type=float, default=2.0, help="length of each measurement")
+    ap.add_argument("--seconds", type=float, default=1.5, help="length of each measurement")
     args = ap.parse_args(argv)
     bench_fanout(args.seconds)
     bench_status_latency(args.seconds)

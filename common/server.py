@@ -325,6 +325,16 @@ class ThreadedTCPServer(NamesAddressOnBindError, socketserver.ThreadingTCPServer
         return left
 
 
+def send_all(sock: socket.socket, data, name: str, peer: str) -> bool:
+    """``sock.sendall(data)``; False (and a DEBUG line) if the peer is gone."""
+    try:
+        sock.sendall(data)
+        return True
+    except OSError as exc:
+        log.debug("%s: %s gone while sending: %s", name, peer, exc)
+        return False
+
+
 # for handlers of servers that are not a ThreadedTCPServer
 _FALLBACK_LIMITER = LogLimiter(log)
 
@@ -360,12 +370,7 @@ class LineHandler(socketserver.BaseRequestHandler):
 
     def send(self, data: bytes) -> bool:
         """Send all of ``data``; False if the peer is gone."""
-        try:
-            self.request.sendall(data)
-            return True
-        except OSError as exc:
-            log.debug("%s: %s gone while sending: %s", self.server.name, self.peer, exc)
-            return False
+        return send_all(self.request, data, self.server.name, self.peer)
 
     def send_line(self, text: str) -> bool:
         return self.send(text.encode("utf-8", "replace") + b"\n")

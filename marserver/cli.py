@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import sys
 
-from common import cli, runtime
+from common import cli, options, runtime
 
 from . import protocol as P
-from .server import DEFAULT_BACKOFF_MAX, DEFAULT_QUEUE, MarServer, Settings
+from .server import DEFAULT_BACKOFF_MAX, DEFAULT_QUEUE, MAX_CLIENTS, MarServer, Settings
 
 DESCRIPTION = """\
 Replicate the sockets of a mar345 image plate scanner or a mar desktop
@@ -39,7 +40,12 @@ def add_hardware_args(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.make_parser("marserver", DESCRIPTION)
+    p = cli.make_parser(
+        "marserver",
+        DESCRIPTION,
+        config_option=("--config",),
+        default_config_files=[options.default_config_file("marserver")],
+    )
     p.add_argument("hostname", nargs="?", default="localhost", help="hardware host (localhost)")
     p.add_argument("port", nargs="?", type=cli.port_number, help="hardware COMMAND port number")
     p.add_argument(
@@ -128,10 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"bytes queued for a client before it is dropped (default {DEFAULT_QUEUE})",
     )
     net.add_argument(
+        "--max-clients",
+        metavar="N",
+        type=cli.positive_int,
+        default=MAX_CLIENTS,
+        help=f"clients per client port; more are refused (default {MAX_CLIENTS})",
+    )
+    net.add_argument(
         "--backpressure",
         action="store_true",
-        help="when every client of a port is behind, pause reading that hardware port"
-        " (up to 3 s) instead of dropping them all; off by default, as the hardware"
+        help="when a client that still reads falls behind, pause reading that hardware"
+        " port (up to 3 s) instead of dropping it; off by default, as the hardware"
         " reader then waits for clients",
     )
     cli.add_runtime_args(
@@ -180,6 +193,7 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         backoff_max=args.backoff,
         queue_limit=args.queue,
         backpressure=args.backpressure,
+        max_clients=args.max_clients,
     )
 
 
@@ -191,13 +205,16 @@ def default_lockfile(settings: Settings) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = cli.parse_or_exit(parser, argv)
+    # SIGHUP compares a fresh parse with this one, before main() fills in defaults
+    live = options.LiveOptions(parser, argv, copy.copy(args))
     settings = settings_from_args(parser, args)
     if args.lockfile is None and (args.daemon or args.kill):
         args.lockfile = default_lockfile(settings)
     if args.debug > 0:
         args.verbose = max(args.verbose, 2)
-    return runtime.run(MarServer(settings), runtime.options_from_args(args))
+    return runtime.run(MarServer(settings, live), runtime.options_from_args(args))
 
 
 if __name__ == "__main__":

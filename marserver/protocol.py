@@ -7,6 +7,11 @@ out of a byte stream (:class:`RecordFramer`, :class:`CommandFramer`), how
 message and data records are encoded and decoded.  No sockets, threads or
 clocks.
 
+Bad input follows :mod:`common.badinput`: the framers are stream cores
+(``feed(bytes)`` + ``next_event()`` returning a message, a :class:`BadInput`
+subclass or None) and the ``decode_*`` functions return the decoded record
+or a :class:`WrongSize`; nothing raises on received bytes.
+
 The wire is big-endian (the controller's native order).  Records:
 
 =========== ======= ====== ===============================================
@@ -26,9 +31,10 @@ from __future__ import annotations
 
 import enum
 import struct
-import sys
 from array import array
 from dataclasses import dataclass, field
+
+from common.badinput import BadInput
 
 # ---------------------------------------------------------------------------
 # hardware types and ports
@@ -46,17 +52,14 @@ class Port(enum.IntEnum):
     def label(self) -> str:
         return PORT_LABELS[self]
 
-    @property
-    def to_hardware(self) -> bool:
-        """True for COMMAND (clients write); the others flow hardware -> clients."""
-        return self is Port.COMM
-
 
 PORT_LABELS = {Port.COMM: "COMMAND", Port.STAT: "STATUS", Port.DATA: "DATA", Port.MESS: "MESSAGE"}
 
 
 @dataclass(frozen=True)
-class Hardware:
+class RecordLayout:
+    """What a hardware type looks like on the wire: port numbers and record sizes."""
+
     name: str
     base: int
     sizes: dict[Port, int]
@@ -75,7 +78,7 @@ class Hardware:
         return self.sizes[port]
 
 
-MAR345 = Hardware(
+MAR345 = RecordLayout(
     name="mar345",
     base=4441,
     sizes={Port.COMM: 60, Port.STAT: 404, Port.DATA: 16386, Port.MESS: 84},
@@ -91,7 +94,7 @@ MAR345 = Hardware(
 # The dtb status block carries no documented counter; marsim keeps its counter
 # in the last word (140) and its send time in words 138-139; marserver never
 # looks at either.
-DTB = Hardware(
+DTB = RecordLayout(
     name="dtb",
     base=4451,
     sizes={Port.COMM: 172, Port.STAT: 560, Port.DATA: 16, Port.MESS: 84},
@@ -119,7 +122,7 @@ _PORT_NAMES = {
 }
 
 
-def parse_port_spec(text: str, hw: Hardware, base: int | None = None) -> set[Port]:
+def parse_port_spec(text: str, hw: RecordLayout, base: int | None = None) -> set[Port]:
     """Parse ``-port`` arguments: ``#``, ``STAT``, ``COMM``, ``DATA``, ``MESS``, ``ALL``.
 
     Several may be joined with commas.  A number must be one of the four
@@ -153,12 +156,46 @@ def parse_port_spec(text: str, hw: Hardware, base: int | None = None) -> set[Por
 # framing
 
 
-class RecordFramer:
-    """Cut a byte stream into whole fixed-size records.
+@dataclass(frozen=True)
+class Records:
+    """One or more whole records, as they came (``len(data)`` is a multiple of the size)."""
 
-    :meth:`feed` returns the bytes of zero or more *whole* records (a length
-    that is a multiple of ``size``) and keeps at most ``size - 1`` bytes of an
-    unfinished record, so memory is bounded by one record plus the input.
+    data: bytes
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True)
+class CommandRecord:
+    """One whole COMMAND record from a client (big-endian wire order)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class BadCommand(BadInput):
+    """A whole COMMAND record with an impossible command code: dropped."""
+
+
+@dataclass(frozen=True)
+class Unsynchronised(BadInput):
+    """Bytes before the next command id, skipped while resynchronising."""
+
+
+@dataclass(frozen=True)
+class WrongSize(BadInput):
+    """A record handed to a decoder does not have its port's size."""
+
+
+class RecordFramer:
+    """Cut a byte stream into whole fixed-size records (a stream core).
+
+    :meth:`feed` stores bytes; :meth:`next_event` returns every whole record
+    fed so far as one :class:`Records` (a length that is a multiple of
+    ``size``), or None.  Any bytes are valid records, so there is no bad
+    input here.  At most ``size - 1`` bytes of an unfinished record are held
+    back, plus what one :meth:`feed` brought until it is taken.
     """
 
     def __init__(self, size: int) -> None:
@@ -166,10 +203,15 @@ class RecordFramer:
             raise ValueError("record size must be positive")
         self.size = size
         self._partial = bytearray()
+        self._ready: bytes = b""
 
     def pending(self) -> int:
         """Bytes of an unfinished record held back."""
         return len(self._partial)
+
+    def buffered(self) -> int:
+        """Every byte held: whole records not yet taken and an unfinished one."""
+        return len(self._ready) + len(self._partial)
 
     def reset(self) -> int:
         """Forget an unfinished record; return how many bytes it had."""
@@ -177,13 +219,13 @@ class RecordFramer:
         self._partial.clear()
         return n
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes) -> None:
         size = self.size
         if self._partial:
             need = size - len(self._partial)
             if len(data) < need:
                 self._partial += data
-                return b""
+                return
             self._partial += data[:need]
             head = bytes(self._partial)
             self._partial.clear()
@@ -193,14 +235,15 @@ class RecordFramer:
         whole = len(data) - len(data) % size
         if whole < len(data):
             self._partial += data[whole:]
-        if not head:
-            return bytes(data) if whole == len(data) else bytes(data[:whole])
-        return head + bytes(data[:whole])
+        body = bytes(data) if whole == len(data) else bytes(data[:whole])
+        chunk = head + body if head else body
+        self._ready = self._ready + chunk if self._ready else chunk
 
-    def records(self, data: bytes) -> list[bytes]:
-        """Like :meth:`feed`, split into a list of records."""
-        chunk = self.feed(data)
-        return [chunk[i : i + self.size] for i in range(0, len(chunk), self.size)]
+    def next_event(self) -> Records | None:
+        if not self._ready:
+            return None
+        out, self._ready = self._ready, b""
+        return Records(out)
 
 
 def split_records(chunk: bytes, size: int) -> list[bytes]:
@@ -219,7 +262,7 @@ def _swap_words(data: bytes | bytearray | memoryview, width: int) -> bytes:
     return arr.tobytes()
 
 
-def swap_records(hw: Hardware, port: Port, chunk: bytes) -> bytes:
+def swap_records(hw: RecordLayout, port: Port, chunk: bytes) -> bytes:
     """Swap the byte order of whole records as ``--swap`` does.
 
     COMMAND: only the integer fields (bytes 4 .. 4 + 4*n) as 32-bit words;
@@ -242,8 +285,6 @@ def swap_records(hw: Hardware, port: Port, chunk: bytes) -> bytes:
         out[off + lo : off + hi] = _swap_words(out[off + lo : off + hi], 4)
     return bytes(out)
 
-
-NATIVE_IS_BIG = sys.byteorder == "big"
 
 # ---------------------------------------------------------------------------
 # COMMAND records
@@ -311,11 +352,11 @@ class Command:
     ident: bytes = COMMAND_ID
 
 
-def _cmd_struct(hw: Hardware) -> struct.Struct:
+def _cmd_struct(hw: RecordLayout) -> struct.Struct:
     return struct.Struct(f">4s{hw.n_params}i{hw.cmd_text}s")
 
 
-def encode_command(hw: Hardware, c: Command) -> bytes:
+def encode_command(hw: RecordLayout, c: Command) -> bytes:
     n = hw.n_params - 2
     if len(c.params) > n:
         raise ValueError(f"{hw.name} commands have at most {n} parameters")
@@ -325,15 +366,17 @@ def encode_command(hw: Hardware, c: Command) -> bytes:
     return _cmd_struct(hw).pack(c.ident, c.cmd, c.mode, *params, c.text)
 
 
-def decode_command(hw: Hardware, record: bytes) -> Command:
+def decode_command(hw: RecordLayout, record: bytes) -> Command | WrongSize:
     if len(record) != hw.record_size(Port.COMM):
-        raise ValueError(f"a {hw.name} command record has {hw.record_size(Port.COMM)} bytes")
+        return WrongSize(
+            f"a {hw.name} command record has {hw.record_size(Port.COMM)} bytes", len(record)
+        )
     ident, cmd, mode, *rest = _cmd_struct(hw).unpack(record)
     text = rest.pop()
     return Command(cmd=cmd, mode=mode, params=tuple(rest), text=text.rstrip(b"\0"), ident=ident)
 
 
-def command_error(hw: Hardware, record: bytes) -> str | None:
+def command_error(hw: RecordLayout, record: bytes) -> str | None:
     """Why ``record`` (big-endian wire order) is not a plausible command, or None.
 
     Only mar345 commands are checked (command code 0..15); the dtb command
@@ -354,7 +397,7 @@ def _name(table, value) -> str:
         return str(value)
 
 
-def describe_command(hw: Hardware, c: Command) -> str:
+def describe_command(hw: RecordLayout, c: Command) -> str:
     """One-line summary for the log: code, mode and parameters, decoded where known."""
     if hw is not MAR345:
         pars = " ".join(str(p) for p in c.params)
@@ -385,16 +428,19 @@ def describe_command(hw: Hardware, c: Command) -> str:
 
 
 class CommandFramer:
-    """Cut one client's COMMAND stream into whole records, rejecting garbage.
+    """Cut one client's COMMAND stream into whole records (a stream core).
 
-    :meth:`feed` returns ``(records, rejected)``: whole records to forward and
-    a list of ``(reason, nbytes)`` for records that were dropped.  After a
-    rejected mar345 record the framer resynchronises on the next ``IPS\\0``
-    id.  Clients speak the big-endian wire order; ``--swap`` is applied to
-    the records afterwards, on their way to the hardware.
+    :meth:`next_event` returns a :class:`CommandRecord` to forward, a
+    :class:`BadCommand` (a whole record with an impossible command code) or
+    an :class:`Unsynchronised` (bytes skipped), or None when more bytes are
+    needed.  After a bad mar345 record the framer resynchronises on the next
+    ``IPS\\0`` id.  Clients speak the big-endian wire order; ``--swap`` is
+    applied to the records afterwards, on their way to the hardware.  The
+    caller feeds only when :meth:`next_event` returned None, so at most one
+    record plus one :meth:`feed` is buffered.
     """
 
-    def __init__(self, hw: Hardware) -> None:
+    def __init__(self, hw: RecordLayout) -> None:
         self.hw = hw
         self.size = hw.record_size(Port.COMM)
         self._buf = bytearray()
@@ -403,36 +449,33 @@ class CommandFramer:
     def pending(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> tuple[list[bytes], list[tuple[str, int]]]:
+    def feed(self, data: bytes) -> None:
         self._buf += data
-        out: list[bytes] = []
-        bad: list[tuple[str, int]] = []
+
+    def next_event(self) -> CommandRecord | BadCommand | Unsynchronised | None:
         size = self.size
-        while True:
-            if self._resync:
-                idx = self._buf.find(COMMAND_ID)
-                if idx < 0:
-                    keep = len(COMMAND_ID) - 1
-                    dropped = max(0, len(self._buf) - keep)
-                    if dropped:
-                        bad.append(("no command id, discarded while resynchronising", dropped))
-                        del self._buf[:dropped]
-                    break
-                if idx:
-                    bad.append(("discarded while resynchronising", idx))
-                    del self._buf[:idx]
-                self._resync = False
-            if len(self._buf) < size:
-                break
-            rec = bytes(self._buf[:size])
-            del self._buf[:size]
-            why = command_error(self.hw, rec)
-            if why is None:
-                out.append(rec)
-            else:
-                bad.append((why, size))
-                self._resync = True
-        return out, bad
+        if self._resync:
+            idx = self._buf.find(COMMAND_ID)
+            if idx < 0:
+                keep = len(COMMAND_ID) - 1
+                dropped = max(0, len(self._buf) - keep)
+                if dropped:
+                    del self._buf[:dropped]
+                    return Unsynchronised("no command id, discarded while resynchronising", dropped)
+                return None
+            self._resync = False
+            if idx:
+                del self._buf[:idx]
+                return Unsynchronised("discarded while resynchronising", idx)
+        if len(self._buf) < size:
+            return None
+        rec = bytes(self._buf[:size])
+        del self._buf[:size]
+        why = command_error(self.hw, rec)
+        if why is None:
+            return CommandRecord(rec)
+        self._resync = True
+        return BadCommand(why, size)
 
 
 # ---------------------------------------------------------------------------
@@ -473,11 +516,11 @@ class Status:
         self.words[n - 1] = value
 
 
-def new_status(hw: Hardware) -> Status:
+def new_status(hw: RecordLayout) -> Status:
     return Status(words=[0] * hw.status_words)
 
 
-def encode_status(hw: Hardware, st: Status) -> bytes:
+def encode_status(hw: RecordLayout, st: Status) -> bytes:
     if len(st.words) != hw.status_words:
         raise ValueError(f"{hw.name} status has {hw.status_words} words")
     body = struct.pack(f">{hw.status_words}i", *st.words)
@@ -486,27 +529,29 @@ def encode_status(hw: Hardware, st: Status) -> bytes:
     return body
 
 
-def decode_status(hw: Hardware, record: bytes) -> Status:
+def decode_status(hw: RecordLayout, record: bytes) -> Status | WrongSize:
     if len(record) != hw.record_size(Port.STAT):
-        raise ValueError(f"a {hw.name} status record has {hw.record_size(Port.STAT)} bytes")
+        return WrongSize(
+            f"a {hw.name} status record has {hw.record_size(Port.STAT)} bytes", len(record)
+        )
     lead = struct.unpack_from(">i", record, 0)[0] if hw.status_lead else 0
     words = list(struct.unpack_from(f">{hw.status_words}i", record, hw.status_lead))
     return Status(words=words, lead=lead)
 
 
-def status_counter(hw: Hardware, record: bytes) -> int:
+def status_counter(hw: RecordLayout, record: bytes) -> int:
     """The status counter of a STATUS record (wire order)."""
     return struct.unpack_from(">i", record, hw.status_lead + 4 * (hw.counter_word - 1))[0]
 
 
-def set_send_time(hw: Hardware, st: Status, ns: int) -> None:
+def set_send_time(hw: RecordLayout, st: Status, ns: int) -> None:
     """marsim's send time (64-bit ns) in the two unused status words."""
     hi, lo = pack_time(ns)
     st.set(hw.sim_time_word, hi)
     st.set(hw.sim_time_word + 1, lo)
 
 
-def send_time(hw: Hardware, record: bytes, offset: int = 0) -> int:
+def send_time(hw: RecordLayout, record: bytes, offset: int = 0) -> int:
     """The send time marsim put into the STATUS record at ``offset`` (wire order)."""
     at = offset + hw.status_lead + 4 * (hw.sim_time_word - 1)
     return unpack_time(*struct.unpack_from(">ii", record, at))
@@ -541,15 +586,17 @@ def encode_message(text: str, ident: bytes = MESSAGE_ID) -> bytes:
     return struct.pack(f">4s{MESSAGE_TEXT}s", ident, raw)
 
 
-def decode_message(record: bytes) -> str:
+def decode_message(record: bytes) -> str | WrongSize:
     if len(record) != 4 + MESSAGE_TEXT:
-        raise ValueError("a message record has 84 bytes")
+        return WrongSize("a message record has 84 bytes", len(record))
     return record[4:].split(b"\0", 1)[0].decode("latin-1")
 
 
 def message_body(record: bytes) -> str | None:
     """What follows ``MESS`` in a message, as the clients print it."""
     text = decode_message(record)
+    if isinstance(text, BadInput):
+        return None
     idx = text.find("MESS")
     return None if idx < 0 else text[idx + 4 :]
 

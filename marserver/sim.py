@@ -17,6 +17,7 @@ MESSAGE) and behaves as the controller does where marserver can see it:
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import socket
 import socketserver
@@ -25,12 +26,13 @@ import sys
 import threading
 import time
 
-from common import cli, runtime
+from common import cli, options, runtime
+from common.ratelimit import LogLimiter
 from common.server import ThreadedTCPServer
 
 from . import protocol as P
 from .cli import RUNTIME_FLAGS, add_hardware_args
-from .server import set_send_timeout
+from .relay import set_send_timeout
 
 log = logging.getLogger("marsim")
 
@@ -85,7 +87,7 @@ class MarSim(runtime.Service):
 
     def __init__(
         self,
-        hw: P.Hardware,
+        hw: P.RecordLayout,
         host: str = "127.0.0.1",
         base: int | None = None,
         *,
@@ -94,6 +96,7 @@ class MarSim(runtime.Service):
         scan_blocks: int = 32,
         scan_rate: float = 500.0,
         blast: bool = False,
+        options: options.LiveOptions | None = None,
     ) -> None:
         self.hw = hw
         self.host = host
@@ -119,6 +122,14 @@ class MarSim(runtime.Service):
         self.params = dict(PARAMS)
         self.connections = 0
         self.commands = 0
+        self.limiter = LogLimiter(log)
+        self.options = options
+        if options is not None:
+            options.live.update(
+                rate=lambda v: setattr(self, "rate", float(v)),
+                scan_blocks=lambda v: setattr(self, "scan_blocks", int(v)),
+                scan_rate=lambda v: setattr(self, "scan_rate", float(v)),
+            )
         if hw is P.MAR345:
             self.status.set(P.W_HW_STATUS1, P.HW1_SHUTTER_CLOSED)
             self.status.set(P.W_SCANMODE, 1)
@@ -149,6 +160,12 @@ class MarSim(runtime.Service):
             ", swapped" if self.swap else "",
             ", DATA blast" if self.blast else "",
         )
+
+    def reload(self) -> str | None:
+        return self.options.reload() if self.options is not None else None
+
+    def on_tick(self) -> None:
+        self.limiter.flush()
 
     def stop(self) -> int:
         self._stop.set()
@@ -207,22 +224,46 @@ class MarSim(runtime.Service):
 
     # -- commands ----------------------------------------------------------
     def read_commands(self, sock: socket.socket, peer: str) -> None:
-        framer = P.RecordFramer(self.hw.record_size(P.Port.COMM))
+        size = self.hw.record_size(P.Port.COMM)
+        framer = P.RecordFramer(size)
+        host = peer.rsplit(":", 1)[0]
         while True:
             data = sock.recv(65536)
             if not data:
                 return
-            for rec in framer.records(data):
+            framer.feed(data)
+            ev = framer.next_event()
+            if ev is None:
+                continue
+            for rec in P.split_records(ev.data, size):
                 if self.swap:
                     rec = P.swap_records(self.hw, P.Port.COMM, rec)
                 self.commands += 1
+                why = P.command_error(self.hw, rec)
+                if why is not None:
+                    # answered as the controller does, but logged rate-limited
+                    self.limiter.log(
+                        f"bad command from {host}",
+                        logging.WARNING,
+                        "COMMAND from %s: %s",
+                        peer,
+                        why,
+                    )
+                c = P.decode_command(self.hw, rec)
                 try:
-                    self.execute(P.decode_command(self.hw, rec))
-                except Exception:  # noqa: BLE001 - a bad command must not kill the simulator
-                    log.exception("command failed: %s", rec.hex())
+                    self.execute(c, quiet=why is not None)
+                except Exception as exc:  # noqa: BLE001 - a bad command must not kill the simulator
+                    self.limiter.log(
+                        f"failed command from {host}",
+                        logging.ERROR,
+                        "command %s failed: %r",
+                        rec[:12].hex(),
+                        exc,
+                    )
 
-    def execute(self, c: P.Command) -> None:
-        log.info("COMMAND: %s", P.describe_command(self.hw, c))
+    def execute(self, c: P.Command, quiet: bool = False) -> None:
+        if not quiet:
+            log.info("COMMAND: %s", P.describe_command(self.hw, c))
         if self.hw is not P.MAR345:
             self._execute_dtb(c)
             return
@@ -302,10 +343,10 @@ class MarSim(runtime.Service):
 
     # -- periodic work -----------------------------------------------------
     def _tick_loop(self) -> None:
-        period = 1.0 / self.rate
-        step = max(1, int(MOTOR_SPEED * period))
         nxt = time.monotonic()
         while not self._stop.is_set():
+            period = 1.0 / self.rate  # --rate is live (SIGHUP)
+            step = max(1, int(MOTOR_SPEED * period))
             nxt += period
             delay = nxt - time.monotonic()
             if delay > 0:
@@ -363,8 +404,7 @@ class MarSim(runtime.Service):
         if self.blast:
             self._blast_loop()
             return
-        period = 1.0 / self.scan_rate
-        while not self._stop.wait(period):
+        while not self._stop.wait(1.0 / self.scan_rate):
             with self._lock:
                 if not self.scanning:
                     continue
@@ -397,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.make_parser(
         "marsim",
         "Simulate mar345 or mardtb hardware on four TCP ports (COMMAND, STATUS, DATA, MESSAGE).",
+        config_option=("--config",),
+        default_config_files=[options.default_config_file("marsim")],
     )
     add_hardware_args(
         p,
@@ -440,7 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = cli.parse_or_exit(build_parser(), argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = cli.parse_or_exit(parser, argv)
+    live = options.LiveOptions(parser, argv, copy.copy(args))
     if args.lockfile is None and (args.daemon or args.kill):
         # a daemon needs a lock file that --kill can find without being told
         port = args.port or P.HARDWARE[args.hardware].base
@@ -454,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         scan_blocks=args.scan_blocks,
         scan_rate=args.scan_rate,
         blast=args.blast,
+        options=live,
     )
     return runtime.run(sim, runtime.options_from_args(args))
 

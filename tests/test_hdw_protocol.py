@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from specsrv.hdw import protocol as P
 from specsrv.hdw.device import DataBlock, DeviceError
-from specsrv.hdw.session import Session, Shared
+from specsrv.hdw.session import Session, SharedDevice
 from tests.support.hdw_helpers import MemoryMca
 
 pytestmark = pytest.mark.timeout(120)
@@ -262,7 +262,7 @@ class Toy(MemoryMca):
 
 
 def session(**kw):
-    return Session(Shared(Toy(), "toy", "host", 42, **kw))
+    return Session(SharedDevice(Toy(), "toy", "host", 42, **kw))
 
 
 def reply_of(sess: Session, line: bytes):
@@ -408,7 +408,7 @@ class RetypingMca(Toy):
 
 def test_mca_read_data_travel_in_the_native_type():
     """The MCA read reply names no type, so the data must be the config type."""
-    s = Session(Shared(RetypingMca(), "toy", "host", 42))
+    s = Session(SharedDevice(RetypingMca(), "toy", "host", 42))
     rep, out = reply_of(s, b"=: 1 read 2 5")
     assert rep.text == "4"
     assert bytes(out.out[1]) == np.arange(2, 6, dtype="<i2").tobytes()

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.badinput import BadInput
 from marserver import protocol as P
 
 pytestmark = pytest.mark.timeout(120)
@@ -56,13 +57,63 @@ def test_record_framer_yields_whole_records_in_any_split(size, nrec, tail, point
     fr = P.RecordFramer(size)
     got = b""
     for piece in cuts(stream, points):
-        chunk = fr.feed(piece)
+        fr.feed(piece)
+        ev = fr.next_event()
+        chunk = b"" if ev is None else ev.data
+        assert fr.next_event() is None
         assert len(chunk) % size == 0
         got += chunk
         assert fr.pending() < size
     assert got == stream[: nrec * size]
     assert fr.pending() == tail
     assert fr.reset() == tail and fr.pending() == 0
+
+
+def drain(fr: P.CommandFramer, piece: bytes) -> tuple[list[bytes], list[tuple[str, int]]]:
+    """Feed one piece; (records, [(reason, size)]) of the events it completed."""
+    fr.feed(piece)
+    got, bad = [], []
+    while (ev := fr.next_event()) is not None:
+        if isinstance(ev, BadInput):
+            bad.append((ev.reason, ev.size))
+        else:
+            got.append(ev.data)
+    return got, bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(hw=HW, data=st.binary(max_size=2000), points=st.lists(st.integers(0, 4000), max_size=20))
+def test_fuzz_command_framer_any_bytes_any_split(hw, data, points):
+    """Any bytes in any split: only CommandRecords or BadInput, nothing raised, bounded."""
+    fr = P.CommandFramer(hw)
+    size = hw.record_size(P.Port.COMM)
+    accounted = 0
+    for piece in cuts(data, points):
+        fr.feed(piece)
+        while (ev := fr.next_event()) is not None:
+            assert isinstance(ev, P.CommandRecord | P.BadCommand | P.Unsynchronised)
+            if isinstance(ev, BadInput):
+                assert ev.size > 0 and ev.reason
+                accounted += ev.size
+            else:
+                assert len(ev.data) == size and P.command_error(hw, ev.data) is None
+                accounted += size
+        # the caller feeds only when next_event has nothing: less than a record stays
+        assert fr.pending() < size
+    assert accounted + fr.pending() == len(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=1000), hw=HW)
+def test_fuzz_decoders_return_a_record_or_bad_input(data, hw):
+    for decoded, kind in (
+        (P.decode_command(hw, data), P.Command),
+        (P.decode_status(hw, data), P.Status),
+        (P.decode_message(data), str),
+    ):
+        assert isinstance(decoded, kind | P.WrongSize)
+    assert P.message_body(data) is None or len(data) == 84
+    assert P.parse_setparam(data) is None or len(data) == 84
 
 
 @settings(max_examples=100, deadline=None)
@@ -80,7 +131,7 @@ def test_command_framer_passes_valid_commands_whole(hw, cmds, points):
     fr = P.CommandFramer(hw)
     out = []
     for piece in cuts(wire, points):
-        got, bad = fr.feed(piece)
+        got, bad = drain(fr, piece)
         assert not bad
         out += got
     assert out == recs
@@ -100,7 +151,7 @@ def test_command_framer_drops_garbage_and_resynchronises(garbage, points):
     fr = P.CommandFramer(hw)
     out, rejected = [], 0
     for piece in cuts(wire, points):
-        got, bad = fr.feed(piece)
+        got, bad = drain(fr, piece)
         out += got
         rejected += sum(n for _, n in bad)
     assert out == good

@@ -10,6 +10,14 @@ binary data right after a reply line (``read``) or after ``okay NPTS``
 This module turns bytes into typed messages and messages into bytes.  It
 holds no sockets, threads or clocks: the server, the client, the tests and
 the benchmark all use the same rules from here.
+
+Bad input follows :mod:`common.badinput`: :class:`RequestStream` is a stream
+core whose ``next_event`` gives a :class:`Request` or a :class:`BadInput`
+(:class:`BadRequest`, :class:`Garbage`, :class:`Overlong`), never raises on
+received bytes; :func:`parse_request` is its whole-line decoder.
+:class:`ProtocolError` is :class:`common.badinput.ProtocolError`'s subclass
+raised by the client-side parsers (``parse_reply`` and friends, a reply the
+client cannot go on with) and by encoders for values the wire cannot carry.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common import badinput
+from common.badinput import BadInput
 from common.framing import LineBuffer, OverlongLine
 
 PROTOCOL_VERSION = "V2"
@@ -66,7 +76,7 @@ _REPLY_RE = re.compile(rb"([@!]):[ \t]+(\d+)[ \t]+(\d+)#(.*)\Z", re.S)
 _XFER_DONE_TAIL_RE = re.compile(rb"=:[ \t]+(\d+)[ \t]+xfer_done[ \t]*\r?\n\Z")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(badinput.ProtocolError):
     """A message that breaks the protocol; the text goes into an ``!:`` reply."""
 
 
@@ -138,27 +148,39 @@ class Request:
         return format_request(self.sn, self.cmd, *self.args, addr=self.addr)
 
 
-@dataclass(frozen=True)
-class BadRequest:
+@dataclass(frozen=True, init=False)
+class BadRequest(BadInput):
     """A request with a sequence number that cannot be executed: reply ``!:``."""
 
-    sn: int
-    message: str
+    sn: int = 0
+    message: str = ""
+
+    def __init__(self, sn: int, message: str, size: int = 0) -> None:
+        object.__setattr__(self, "reason", message)
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "sn", sn)
+        object.__setattr__(self, "message", message)
 
 
-@dataclass(frozen=True)
-class Garbage:
+@dataclass(frozen=True, init=False)
+class Garbage(BadInput):
     """A line that is not a request (no ``=:``, no sequence number): log only."""
 
-    line: bytes
-    reason: str
+    line: bytes = b""
+
+    def __init__(self, line: bytes, reason: str) -> None:
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "size", len(line))
+        object.__setattr__(self, "line", line)
 
 
-@dataclass(frozen=True)
-class Overlong:
+@dataclass(frozen=True, init=False)
+class Overlong(BadInput):
     """A line past the length limit, discarded: log only."""
 
-    size: int
+    def __init__(self, size: int) -> None:
+        object.__setattr__(self, "reason", f"line of {size}+ bytes past the length limit")
+        object.__setattr__(self, "size", size)
 
 
 Event = Request | BadRequest | Garbage | Overlong

@@ -6,8 +6,21 @@ per connection); each connection feeds the bytes it receives to a
 :class:`~specsrv.hdw.session.Session` and sends what comes back.  ``write``
 data are received straight into the session's buffer, with a time limit so
 that a client whose data never arrive cannot hold the connection.
+
+Connections are bounded so that idle ones never lock spec out:
+
+* ``max_connections`` (``--max-connections``, default 8): when all are in
+  use, a new client is still served if some connection has been idle (no
+  request) for at least :data:`MIN_IDLE` s; the one to go is chosen by
+  :func:`eviction_order` (connections that never sent a request first,
+  oldest first; then the least recently active), closed with a log line;
+* ``idle_timeout`` (``--idle-timeout``, default 0 = never): a connection that
+  sends nothing for that long is closed;
+* ``allow`` (``--allow``): only these client networks are served.
+
 :class:`HdwService` plugs the server and its device into
-:mod:`common.runtime` (lock file, daemon, signals).
+:mod:`common.runtime` (lock file, daemon, signals, SIGHUP reload of the
+live options).
 """
 
 from __future__ import annotations
@@ -15,14 +28,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import socketserver
 import threading
+import time
+from dataclasses import dataclass
 
 from common import runtime
-from common.server import LineHandler, ThreadedTCPServer
+from common.options import LiveOptions
+from common.server import ThreadedTCPServer, address_allowed, parse_allow, send_all
 
 from . import protocol as P
 from .device import Device
-from .session import Outcome, Session, Shared
+from .session import Outcome, Session, SharedDevice
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +48,51 @@ SMALL_SEND = 65536
 #: seconds to wait for the next bytes of ``write`` data before dropping the write
 DATA_TIMEOUT = 10.0
 MAX_CONNECTIONS = 8
+#: default idle timeout in seconds (0: idle connections stay open)
+IDLE_TIMEOUT = 0.0
+#: a connection counts as idle, and may be closed for a new client, after this many seconds
+MIN_IDLE = 1.0
 
 
-class HdwHandler(LineHandler):
+@dataclass
+class Connection:
+    """What the server knows of one connection, for the eviction choice."""
+
+    sock: socket.socket
+    peer: str
+    since: float  # when it connected (monotonic)
+    last: float  # its last request (monotonic); == since if none yet
+    requests: int = 0
+    evicted: bool = False
+
+
+def eviction_order(conns: list[Connection], now: float, min_idle: float = MIN_IDLE):
+    """Connections that may be closed for a newcomer, the first to go first.
+
+    Only connections idle for at least ``min_idle`` s qualify.  Those that
+    never sent a request go first (oldest first): they are what holds a
+    server full without using it; then the least recently active.
+    """
+    idle = [c for c in conns if not c.evicted and now - c.last >= min_idle]
+    return sorted(idle, key=lambda c: (c.requests > 0, c.last if c.requests else c.since))
+
+
+class HdwHandler(socketserver.BaseRequestHandler):
     max_line = P.MAX_LINE
+
+    def setup(self) -> None:
+        self.peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        self.conn = self.server.register(self.request, self.peer)
+
+    def finish(self) -> None:
+        self.server.unregister(self.request)
+
+    def send(self, data) -> bool:
+        """Send all of ``data``; False if the peer is gone."""
+        return send_all(self.request, data, self.server.name, self.peer)
+
+    def _idle_timeout(self) -> float | None:
+        return self.server.idle_timeout or None
 
     def handle(self) -> None:
         server: HdwServer = self.server
@@ -49,7 +107,16 @@ class HdwHandler(LineHandler):
             ev = stream.next_event()
             if ev is None:
                 try:
+                    self.request.settimeout(self._idle_timeout())
                     data = self.request.recv(RECV_CHUNK)
+                except TimeoutError:
+                    log.info(
+                        "%s: closing %s: idle for %g s (--idle-timeout)",
+                        server.name,
+                        self.peer,
+                        server.idle_timeout,
+                    )
+                    return
                 except OSError as exc:
                     log.info("%s: %s: %s", server.name, self.peer, exc)
                     return
@@ -64,6 +131,9 @@ class HdwHandler(LineHandler):
                     return
                 stream.feed(data)
                 continue
+            if isinstance(ev, P.Request):
+                self.conn.last = time.monotonic()
+                self.conn.requests += 1
             outcome = session.handle(ev)
             if not self._act(server, stream, session, outcome):
                 return
@@ -118,7 +188,7 @@ class HdwHandler(LineHandler):
             return got, False
         finally:
             try:
-                self.request.settimeout(None)
+                self.request.settimeout(self._idle_timeout())
             except OSError:
                 pass
         return got, True
@@ -130,16 +200,77 @@ class HdwServer(ThreadedTCPServer):
     def __init__(
         self,
         addr,
-        shared: Shared,
+        shared: SharedDevice,
         *,
         data_timeout: float = DATA_TIMEOUT,
         max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT,
+        allow=None,
         on_shutdown=None,
     ) -> None:
         self.shared = shared
         self.data_timeout = data_timeout
+        self.idle_timeout = idle_timeout
         self.on_shutdown = on_shutdown or runtime.request_shutdown
-        super().__init__(addr, HdwHandler, name=shared.name, max_connections=max_connections)
+        self._conns: dict[socket.socket, Connection] = {}
+        self._conns_lock = threading.Lock()
+        self.evictions = 0
+        super().__init__(
+            addr, HdwHandler, name=shared.name, max_connections=max_connections, allow=allow
+        )
+
+    # -- connections -------------------------------------------------------
+    def register(self, sock: socket.socket, peer: str) -> Connection:
+        now = time.monotonic()
+        with self._conns_lock:
+            conn = self._conns.get(sock)
+            if conn is None:
+                conn = self._conns[sock] = Connection(sock, peer, now, now)
+        return conn
+
+    def unregister(self, sock: socket.socket) -> None:
+        with self._conns_lock:
+            self._conns.pop(sock, None)
+
+    def client_count(self) -> int:
+        """Connections in use; one being closed for a newcomer no longer counts."""
+        with self._conns_lock:
+            evicted = sum(1 for c in self._conns.values() if c.evicted)
+        return super().client_count() - evicted
+
+    def verify_request(self, request, client_address) -> bool:
+        if (
+            self.max_connections
+            and not self.stopping
+            and address_allowed(client_address[0], self.allow)
+            and self.client_count() >= self.max_connections
+        ):
+            self._make_room(f"{client_address[0]}:{client_address[1]}")
+        return super().verify_request(request, client_address)
+
+    def _make_room(self, newcomer: str) -> None:
+        now = time.monotonic()
+        with self._conns_lock:
+            order = eviction_order(list(self._conns.values()), now)
+            if not order:
+                return
+            victim = order[0]
+            victim.evicted = True
+        self.evictions += 1
+        log.warning(
+            "%s: all %d connections in use: closing %s (idle %.0f s, %d requests)"
+            " for new client %s",
+            self.name,
+            self.max_connections,
+            victim.peer,
+            now - victim.last,
+            victim.requests,
+            newcomer,
+        )
+        try:
+            victim.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def request_shutdown(self) -> None:
         log.info("%s: shutting down on client request", self.name)
@@ -149,7 +280,7 @@ class HdwServer(ThreadedTCPServer):
 class SelectPoller:
     """Calls the device's ``select_poll`` every interval, under the device lock."""
 
-    def __init__(self, shared: Shared) -> None:
+    def __init__(self, shared: SharedDevice) -> None:
         self.shared = shared
         self.interval = max(0.01, float(shared.device.select_poll_interval))
         self._stop = threading.Event()
@@ -179,8 +310,10 @@ class SelectPoller:
         return int(self._thread.is_alive())
 
 
-def make_shared(device: Device, name: str, *, quit_on_goodbye=False, byte_order="<") -> Shared:
-    return Shared(
+def make_shared_device(
+    device: Device, name: str, *, quit_on_goodbye=False, byte_order="<"
+) -> SharedDevice:
+    return SharedDevice(
         device=device,
         name=name,
         host=socket.gethostname(),
@@ -203,8 +336,22 @@ class HdwService(runtime.Service):
         quit_on_goodbye: bool = False,
         byte_order: str = "<",
         data_timeout: float = DATA_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT,
+        allow=None,
+        options: LiveOptions | None = None,
     ) -> None:
         self.name = name
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.allow = allow
+        self.options = options
+        if options is not None:
+            options.live.update(
+                max_connections=self.set_max_connections,
+                idle_timeout=self.set_idle_timeout,
+                allow=self.set_allow,
+            )
         self.device = device
         self.port = port
         self.host = host
@@ -213,14 +360,47 @@ class HdwService(runtime.Service):
         self.data_timeout = data_timeout
         self.server: HdwServer | None = None
         self.poller: SelectPoller | None = None
-        self.shared: Shared | None = None
+        self.shared: SharedDevice | None = None
 
     def bind(self) -> list:
-        self.shared = make_shared(
+        self.shared = make_shared_device(
             self.device, self.name, quit_on_goodbye=self.quit_on_goodbye, byte_order=self.byte_order
         )
-        self.server = HdwServer((self.host, self.port), self.shared, data_timeout=self.data_timeout)
+        self.server = HdwServer(
+            (self.host, self.port),
+            self.shared,
+            data_timeout=self.data_timeout,
+            max_connections=self.max_connections,
+            idle_timeout=self.idle_timeout,
+            allow=self.allow,
+        )
         return [self.server]
+
+    # -- live settings (SIGHUP) ---------------------------------------------
+    def set_max_connections(self, n) -> None:
+        self.max_connections = self.server.max_connections = int(n)
+        log.info("%s: at most %d connections from now on", self.name, n)
+
+    def set_idle_timeout(self, seconds) -> None:
+        # running handlers read it before their next wait
+        self.idle_timeout = self.server.idle_timeout = float(seconds)
+        log.info("%s: idle timeout now %g s (0: none)", self.name, self.idle_timeout)
+
+    def set_allow(self, networks) -> None:
+        self.allow = networks
+        self.server.allow = parse_allow(networks)
+        log.info(
+            "%s: allow-list now %s",
+            self.name,
+            ", ".join(map(str, self.server.allow)) if self.server.allow else "empty (every host)",
+        )
+
+    def reload(self) -> str | None:
+        return self.options.reload() if self.options is not None else None
+
+    def on_tick(self) -> None:
+        if self.shared is not None:
+            self.shared.limiter.flush()
 
     def start(self) -> None:
         # after the daemon fork: the PID in hello is the daemon's

@@ -4,9 +4,12 @@ A :class:`Session` holds one connection's state (last sequence number, byte
 order, a ``write`` waiting for its data) and turns each parsed event into an
 :class:`Outcome`: the bytes to send, how many bytes of ``write`` data to
 receive next, and whether to close the connection or shut the server down.
-The device is shared by all connections and called under one lock, one
-command at a time; a command that cannot get the lock in time is answered
-``busy``.
+The device is shared by all connections (:class:`SharedDevice`: the device,
+its lock and the server's identity) and called under one lock, one command
+at a time; a command that cannot get the lock in time is answered ``busy``.
+Log lines caused by what a client sends (bad input, repeated sequence
+numbers, error replies) go through the server's
+:class:`~common.ratelimit.LogLimiter`, keyed per client host.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.badinput import quote
 from common.log import TRACE
+from common.ratelimit import LogLimiter
 
 from . import protocol as P
 from .device import DataBlock, Device, DeviceError
@@ -29,8 +34,8 @@ LOCK_WAIT = 2.0
 
 
 @dataclass
-class Shared:
-    """What every connection of one server shares."""
+class SharedDevice:
+    """The device every connection of one server shares, its lock and the server's identity."""
 
     device: Device
     name: str
@@ -41,6 +46,7 @@ class Shared:
     lock: threading.Lock = field(default_factory=threading.Lock)
     lock_wait: float = LOCK_WAIT
     exited: bool = False
+    limiter: LogLimiter = field(default_factory=lambda: LogLimiter(log))
 
     def device_exit(self) -> None:
         """Call the device's exit function once, whatever stops the server."""
@@ -75,9 +81,12 @@ class Busy(Exception):
 
 
 class Session:
-    def __init__(self, shared: Shared, peer: str = "client") -> None:
+    """One connection's state; :meth:`handle` turns an event into an :class:`Outcome`."""
+
+    def __init__(self, shared: SharedDevice, peer: str = "client") -> None:
         self.shared = shared
         self.peer = peer
+        self.host = peer.rsplit(":", 1)[0]
         self.last_sn: int | None = None
         self.order = shared.byte_order
         self.pending: _PendingWrite | None = None
@@ -87,20 +96,18 @@ class Session:
     # -- entry points ------------------------------------------------------
     def handle(self, ev: P.Event) -> Outcome:
         if isinstance(ev, P.Garbage):
-            log.warning("%s: ignored %s: %r", self.peer, ev.reason, ev.line[:80])
+            self._note(logging.WARNING, "bad input", "ignored %s: %s", ev.reason, quote(ev.line))
             return Outcome()
         if isinstance(ev, P.Overlong):
-            log.warning(
-                "%s: discarded a line of %d+ bytes (limit %d)", self.peer, ev.size, P.MAX_LINE
-            )
+            self._note(logging.WARNING, "bad input", "discarded a line of %d+ bytes", ev.size)
             return Outcome()
         if ev.sn == self.last_sn:
-            log.info("%s: ignored repeated sequence number %d", self.peer, ev.sn)
+            self._note(logging.INFO, "repeated", "ignored repeated sequence number %d", ev.sn)
             return Outcome()
         self.last_sn = ev.sn
         dropped, self.dropped = self.dropped, None
         if isinstance(ev, P.BadRequest):
-            log.info("%s: bad request %d: %s", self.peer, ev.sn, ev.message)
+            self._note(logging.INFO, "error reply", "bad request %d: %s", ev.sn, ev.message)
             return self._error(ev.sn, ev.message)
         log.debug("%s: request %d %s %s a=%d", self.peer, ev.sn, ev.cmd, " ".join(ev.args), ev.addr)
         if dropped and ev.cmd == "xfer_done":
@@ -109,10 +116,10 @@ class Session:
         try:
             outcome = self._dispatch(ev)
         except (DeviceError, P.ProtocolError) as exc:
-            log.info("%s: %s failed: %s", self.peer, ev.cmd, exc)
+            self._note(logging.INFO, "error reply", "%s failed: %s", ev.cmd, exc)
             return self._error(ev.sn, str(exc) or ev.cmd + " failed")
         except Busy:
-            log.info("%s: %s refused: busy", self.peer, ev.cmd)
+            self._note(logging.INFO, "error reply", "%s refused: busy", ev.cmd)
             return self._error(ev.sn, "busy")
         except Exception as exc:  # noqa: BLE001 - a device bug becomes an error reply
             log.exception("%s: %s raised", self.peer, ev.cmd)
@@ -136,9 +143,10 @@ class Session:
             pend.complete = True
             return Outcome()
         self.pending = None
-        log.warning(
-            "%s: write of %d points dropped: %d of %d data bytes arrived",
-            self.peer,
+        self._note(
+            logging.WARNING,
+            "short write",
+            "write of %d points dropped: %d of %d data bytes arrived",
             pend.block.npts,
             received,
             want,
@@ -152,6 +160,12 @@ class Session:
         return Outcome()
 
     # -- helpers --------------------------------------------------------------
+    def _note(self, level: int, kind: str, msg: str, *args) -> None:
+        """A log line caused by the client, at most a few per host and minute."""
+        self.shared.limiter.log(
+            f"{self.shared.name}: {kind} from {self.host}", level, "%s: " + msg, self.peer, *args
+        )
+
     @staticmethod
     def _reply(sn: int, text: str = "") -> Outcome:
         return Outcome([P.format_reply(sn, text)])

@@ -12,7 +12,7 @@ from common.server import SocketReader
 from specsrv.hdw import protocol as P
 from specsrv.hdw.cli import build_parser
 from specsrv.hdw.device import McaDevice
-from specsrv.hdw.server import HdwServer, make_shared
+from specsrv.hdw.server import HdwServer, make_shared_device
 
 LOOP = "127.0.0.1"
 
@@ -46,7 +46,7 @@ class MemoryMca(McaDevice):
 def inproc(device, name: str | None = None, **kw):
     """The real HdwServer on an ephemeral loopback port, in this process."""
     shutdowns = []
-    shared = make_shared(device, name or device.name)
+    shared = make_shared_device(device, name or device.name)
     shared.quit_on_goodbye = kw.pop("quit_on_goodbye", False)
     srv = HdwServer((LOOP, 0), shared, on_shutdown=lambda: shutdowns.append(1), **kw)
     srv.shutdowns = shutdowns

@@ -33,7 +33,7 @@ def is_closed(sock: socket.socket, timeout: float = 5.0) -> bool:
     return False
 
 
-def counters(hw: P.Hardware, data: bytes) -> list[int]:
+def counters(hw: P.RecordLayout, data: bytes) -> list[int]:
     size = hw.record_size(P.Port.STAT)
     assert len(data) % size == 0, f"{len(data)} bytes is not whole STATUS records"
     return [P.status_counter(hw, r) for r in P.split_records(data, size)]

@@ -3,8 +3,8 @@
 One thread per client reads packets (``protocol.Decoder``) and hands each
 well-formed one to the engine (:meth:`specsrv.engine.SpecEngine.handle`),
 which answers HELLO, CHAN_READ and REGISTER at once from existing data and
-puts commands on the single command queue.  A :class:`ClientWriter` per
-client drains that client's bounded output queue, so a slow client never
+puts commands on the single command queue.  A :class:`common.outqueue.OutQueue`
+per client drains that client's bounded output queue, so a slow client never
 holds up the motors, the command thread or the other clients; a client
 whose queue overflows is disconnected with a log line.  Everything sent to
 a client uses the byte order of its first packet and ``min(its version, 4)``.
@@ -12,12 +12,11 @@ a client uses the byte order of its first packet and ``min(its version, 4)``.
 
 from __future__ import annotations
 
-import collections
 import logging
 import socket
-import threading
 import time
 
+from common.outqueue import OutQueue
 from common.ratelimit import LogLimiter
 from common.server import ThreadedTCPServer
 
@@ -30,127 +29,12 @@ log = logging.getLogger("specsrv")
 dlog = logging.getLogger("specsrv.debug")
 limited = LogLimiter(log)
 
+#: a client with more than this many packets or bytes waiting is too slow: disconnected
 MAX_OUT_PACKETS = 20000
 MAX_OUT_BYTES = 256 << 20
 SMALL = 1 << 16  # data sections up to this size are joined to their header
 #: simultaneous client connections (a spec server has a handful of clients)
 DEFAULT_MAX_CLIENTS = 64
-
-
-class ClientWriter:
-    """The bounded output queue of one client and the thread that drains it.
-
-    ``send(data, more)`` queues one packet's bytes and sends at once what the
-    socket takes without blocking; the rest goes out from the writer thread.
-    Past ``MAX_OUT_PACKETS`` packets or ``MAX_OUT_BYTES`` bytes waiting, the
-    client is too slow: it is disconnected with a log line.
-    """
-
-    def __init__(self, sock: socket.socket, peer: str) -> None:
-        self.sock = sock
-        self.peer = peer
-        self.out: collections.deque[bytes] = collections.deque()
-        self.out_bytes = 0
-        self.writing = False
-        self.out_cv = threading.Condition()
-        self.closed = False
-        self.thread = threading.Thread(target=self._write_loop, name=f"writer-{peer}", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def join(self, timeout: float) -> None:
-        if self.thread.is_alive():
-            self.thread.join(timeout)
-
-    def send(self, data: bytes, more=None) -> None:
-        """Queue one packet's bytes (``more``: its large data section, not copied)."""
-        size = len(data) + (len(more) if more is not None else 0)
-        with self.out_cv:
-            if self.closed:
-                return
-            if len(self.out) >= MAX_OUT_PACKETS or self.out_bytes + size > MAX_OUT_BYTES:
-                log.warning(
-                    "%s: client too slow, %d packets waiting; disconnecting",
-                    self.peer,
-                    len(self.out),
-                )
-                self._close_locked()
-                return
-            self.out.append(data)
-            if more is not None:
-                self.out.append(more)
-            self.out_bytes += size
-            if self.writing:
-                return  # the writer (or another sender) will take it
-            self.writing = True
-            batch = list(self.out)
-            self.out.clear()
-        # Fast path: hand the bytes to the kernel from this thread without
-        # blocking; whatever does not fit goes to the writer thread.
-        try:
-            left = wire.send_nowait(self.sock, batch)
-        except OSError:
-            left = []
-            with self.out_cv:
-                self._close_locked()
-        with self.out_cv:
-            if left:
-                self.out.extendleft(reversed(left))
-            self.out_bytes = sum(len(b) for b in self.out)
-            self.writing = False
-            if self.out:
-                self.out_cv.notify()
-
-    def _write_loop(self) -> None:
-        while True:
-            with self.out_cv:
-                while (not self.out or self.writing) and not self.closed:
-                    self.out_cv.wait()
-                if self.closed:
-                    return
-                batch = list(self.out)
-                self.out.clear()
-                self.writing = True
-            try:
-                small = [b for b in batch if len(b) <= SMALL]
-                if len(small) == len(batch) and len(batch) > 1:
-                    self.sock.sendall(b"".join(batch))
-                else:
-                    for b in batch:
-                        self.sock.sendall(b)
-            except OSError as exc:
-                log.debug("%s: send failed: %s", self.peer, exc)
-                with self.out_cv:
-                    self.writing = False
-                    self._close_locked()
-                return
-            with self.out_cv:
-                self.writing = False
-                self.out_bytes = sum(len(b) for b in self.out)
-
-    def close(self) -> None:
-        with self.out_cv:
-            self._close_locked()
-
-    def _close_locked(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.out.clear()
-            self.out_cv.notify_all()
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def flush_and_close(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.out_cv:
-                if not self.out:
-                    break
-            time.sleep(0.01)
-        self.close()
 
 
 class ClientConnection:
@@ -165,7 +49,13 @@ class ClientConnection:
         self.prestart: str | None = None
         self.registrations = 0
         self.pktlog = P.PacketLog("s")
-        self.writer = ClientWriter(sock, peer)
+        self.writer = OutQueue(
+            sock,
+            max_bytes=MAX_OUT_BYTES,
+            max_records=MAX_OUT_PACKETS,
+            name=peer,
+            on_overflow=self._too_slow,
+        )
 
     @property
     def closed(self) -> bool:
@@ -195,7 +85,10 @@ class ClientConnection:
             if pkt is not None:
                 pkt.vers = self.vers
                 rec.record("W", "server", self.peer, pkt)
-        self.writer.send(data, more)
+        if more is not None:
+            self.writer.put(data, more)
+        else:
+            self.writer.put(data)
 
     def reply(self, sn: int, value, name: str = "") -> None:
         # data arrays in values are shared copy-on-write: they go out as views
@@ -207,6 +100,14 @@ class ClientConnection:
 
     def flush_and_close(self, timeout: float) -> None:
         self.writer.flush_and_close(timeout)
+
+    def _too_slow(self, _queue: OutQueue, queued: int, records: int) -> None:
+        log.warning(
+            "%s: client too slow, %d packets (%d bytes) waiting; disconnecting",
+            self.peer,
+            records,
+            queued,
+        )
 
     def _debug_write(self, dbg: int, data: bytes, pkt, pkt_hint, more) -> None:
         if dbg & P.DEBUG_PACKETS:

@@ -1,10 +1,10 @@
-"""Socket helpers shared by the server and the client (the I/O side of protocol.py).
+"""The receive side shared by the server and the client (the I/O side of protocol.py).
 
 ``fill`` does one read's worth of work: small packets arrive in
 64 KiB reads fed to the sans-I/O :class:`~specsrv.protocol.Decoder`; a large
 data section (an image, a million doubles) is received straight into one
 buffer of its final size with ``recv_into``, so it is never copied on the way
-in.  ``send_nowait`` writes what the socket takes without blocking.
+in.  Sending goes through :class:`common.outqueue.OutQueue`.
 """
 
 from __future__ import annotations
@@ -36,19 +36,3 @@ def fill(sock: socket.socket, decoder: Decoder) -> bool:
         return False
     decoder.feed(data)
     return True
-
-
-def send_nowait(sock: socket.socket, buffers: list) -> list:
-    """Send as much of ``buffers`` as the socket takes now; return what is left."""
-    left = list(buffers)
-    while left:
-        buf = left[0]
-        try:
-            n = sock.send(buf, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return left
-        if n < len(buf):
-            left[0] = memoryview(buf)[n:]
-            return left
-        left.pop(0)
-    return left

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from .framing import OverlongLine
+from .framing import LineBuffer, OverlongLine
 from .ratelimit import PERIOD, LogLimiter
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,19 @@ class SocketReader:
     def __init__(self, sock: socket.socket, max_line: int = DEFAULT_MAX_LINE) -> None:
         self.sock = sock
         self.max_line = max_line
-        self._buf = bytearray()
+        self._buf = bytearray()  # received, not yet looked at (at most one recv)
+        self._lines = LineBuffer(max_line)  # the unfinished line, bounded
         self.eof_partial = b""
 
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + len(self._lines)
+
+    def _unread_partial(self) -> None:
+        """Put an unfinished line back in front of the raw bytes (binary reads)."""
+        pending = self._lines.pending()
+        if pending:
+            self._lines = LineBuffer(self.max_line)
+            self._buf[:0] = pending
 
     def _recv(self, limit: int = RECV_CHUNK) -> bytes:
         try:
@@ -70,29 +78,27 @@ class SocketReader:
         except OSError as exc:
             raise ConnectionClosed(str(exc)) from None
         if not data:
-            self.eof_partial = bytes(self._buf)
+            self.eof_partial = self._lines.pending() + bytes(self._buf)
             raise ConnectionClosed("end of file")
         return data
 
     def read_line(self) -> bytes | OverlongLine:
-        discarded = 0
+        # Only bytes up to the first newline go into the line framer, so what
+        # follows a line (binary data of a write) stays raw for read_exact.
         while True:
-            idx = self._buf.find(b"\n")
-            if idx >= 0:
-                line = bytes(self._buf[:idx])
-                del self._buf[: idx + 1]
-                if discarded or len(line) > self.max_line:
-                    return OverlongLine(discarded + len(line))
-                if line.endswith(b"\r"):
-                    line = line[:-1]
-                return line
-            if len(self._buf) > self.max_line:
-                discarded += len(self._buf)
-                self._buf.clear()
+            if self._buf:
+                idx = self._buf.find(b"\n")
+                cut = len(self._buf) if idx < 0 else idx + 1
+                chunk = bytes(self._buf[:cut])
+                del self._buf[:cut]
+                out = self._lines.feed(chunk)
+                if out:
+                    return out[0]
             self._buf += self._recv()
 
     def read_into(self, view: memoryview) -> None:
         """Fill ``view`` completely (buffered bytes first), without extra copies."""
+        self._unread_partial()
         n = len(view)
         got = min(n, len(self._buf))
         view[:got] = self._buf[:got]
@@ -110,6 +116,7 @@ class SocketReader:
 
     def read_exact(self, n: int) -> bytes:
         """Read exactly ``n`` bytes."""
+        self._unread_partial()
         if n <= len(self._buf):
             out = bytes(self._buf[:n])
             del self._buf[:n]

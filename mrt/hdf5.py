@@ -14,10 +14,12 @@ complete) at its end, at an early end, at a new header and at shutdown.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -115,9 +117,12 @@ class SeriesWriter:
         header: Header,
         series_id: int,
         frames_per_file: int = DEFAULT_FRAMES_PER_FILE,
+        mask_path: str | None = None,
     ) -> None:
         self.directory = directory
+        self.mask_path = mask_path
         self.header = header
+        self.series_id = series_id
         self.frames_per_file = max(1, frames_per_file)
         base = safe_name(f"series_{header.series}")
         name = base
@@ -140,6 +145,15 @@ class SeriesWriter:
         self._direct = False
         self._total = 0
         self._write_chunk = None
+        # frames of the stream handled (written or skipped), and the stream
+        # numbers of those skipped: stream frame k is file frame k - skips below k
+        self.processed = 0
+        self._skipped_frames: list[int] = []
+        #: stream frames 0 .. on_disk-1 are in flushed files (readable by read_frame)
+        self.on_disk = 0
+        self._all_direct = True
+        self.lock = threading.Lock()  # write/close vs read_frame from the UDP thread
+        self._reader: tuple[str, h5py.File] | None = None
         self.master = h5py.File(self.master_path, "w")
         self._write_master(series_id)
 
@@ -246,6 +260,14 @@ class SeriesWriter:
 
     def write(self, img: Image) -> bool:
         """Append one frame; False (and a log line) if it cannot go in this series."""
+        with self.lock:
+            ok = self._write(img)
+            if not ok:
+                self._skipped_frames.append(self.processed)
+            self.processed += 1
+            return ok
+
+    def _write(self, img: Image) -> bool:
         if (img.shape, img.dtype, img.encoding) != self._kind:
             problem = self._check_kind(img)
             if problem is not None:
@@ -279,18 +301,65 @@ class SeriesWriter:
             self._open_data_file()
             k = 0
         if k >= self._capacity:
-            # grow in steps: a resize per frame costs more than the write
+            # grow in steps: a resize per frame costs more than the write; the
+            # frames written so far are flushed first, so they are safely in the
+            # file (a reader, or read_frame, sees them)
+            if self._all_direct and k:
+                self._data_file.flush()
+                self.on_disk = self.processed
             self._capacity = min(k + GROW_FRAMES, self.frames_per_file)
             self._dset.resize(self._capacity, axis=0)
         if blob is not None:
             self._write_chunk((k, 0, 0), blob, filter_mask=0)
         else:
+            self._all_direct = False
+            self.on_disk = 0
             self._dset[k] = pixels
         self.written += 1
         return True
 
+    def read_frame(self, frame: int):
+        """Stream frame ``frame`` as written (its bslz4 chunk), or None.
+
+        Only frames counted in :attr:`on_disk` and written as direct chunks
+        (the stream's own bslz4 blobs) can be read back."""
+        with self.lock:
+            if frame >= self.on_disk or not self._all_direct:
+                return None
+            i = bisect.bisect_left(self._skipped_frames, frame)
+            if i < len(self._skipped_frames) and self._skipped_frames[i] == frame:
+                return None
+            index = frame - i
+            n = index // self.frames_per_file
+            if n >= len(self.data_paths):
+                return None
+            k = index - n * self.frames_per_file
+            try:
+                if n == len(self.data_paths) - 1 and self._data_file is not None:
+                    return self._dset.id.read_direct_chunk((k, 0, 0))[1]
+                path = self.data_paths[n]
+                if self._reader is None or self._reader[0] != path:
+                    self._close_reader()
+                    self._reader = (path, h5py.File(path, "r"))
+                return self._reader[1]["entry/data/data"].id.read_direct_chunk((k, 0, 0))[1]
+            except (OSError, KeyError, ValueError) as exc:
+                log.warning("hdf5 %s: frame %d cannot be read back: %s", self.name, frame, exc)
+                return None
+
+    def _close_reader(self) -> None:
+        r, self._reader = self._reader, None
+        if r is not None:
+            r[1].close()
+
     def close(self) -> None:
         """Close the data file and the master file (always both, even after errors)."""
+        with self.lock:
+            self._close_locked()
+            if self._all_direct:
+                self.on_disk = self.processed
+
+    def _close_locked(self) -> None:
+        self._close_reader()
         try:
             self._close_data_file()
         finally:
@@ -321,6 +390,8 @@ class SeriesWriter:
 
     def abandon(self) -> None:
         """Close what can be closed after a write error (a full disk)."""
+        self.on_disk = 0
+        self._close_reader()
         for f in (self._data_file, self.master):
             if f is None:
                 continue

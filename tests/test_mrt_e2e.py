@@ -185,8 +185,8 @@ def test_malformed_udp_and_ping_flood(tmp_path, started):
     p = harness.start_mrt(up, zp, "-l", log)
     started.append(p)
     assert wait_for(lambda: "mr_t started" in read_log(log))
-    send_datagrams(up, [b"\x00"], True)
-    bad = [b"", b"\x00\x00", b"\x01", b"\x02\x00", b"\x02" + b"\x00" * 9, b"\x03" * 20,
+    send_datagrams(up, [b"\x00", b"\x00\x00", b"\x00" + b"pad" * 300], True)  # all pings
+    bad = [b"", b"\x01", b"\x02\x00", b"\x02" + b"\x00" * 9, b"\x03" * 20,
            b"\x07abc", b"\xff" * 3000, protocol.PacketRequest(0, 0).encode()]  # fmt: skip
     send_datagrams(up, bad, False)  # the last: no series yet, so ignored
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -12,7 +12,7 @@ import pytest
 from mrt import hdf5
 from mrt.protocol import Header, Image, SeriesEnd
 from mrt.series import SeriesStore
-from mrt.server import WRITER_QUEUE_FRAMES, Hdf5Writer, Ingest, Shared
+from mrt.server import WRITER_QUEUE_FRAMES, Hdf5Writer, Ingest, StoreAccess
 from mrt.sim import FrameSource
 
 pytestmark = pytest.mark.timeout(60)
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(60)
 def run_ingest(tmp_path, messages) -> None:
     writer = Hdf5Writer(str(tmp_path), 1000, 1 << 30)
     writer.start()
-    ingest = Ingest(Shared(SeriesStore()), writer)
+    ingest = Ingest(StoreAccess(SeriesStore()), writer)
     for msg in messages:
         ingest.apply(msg)
     assert not writer.stop()

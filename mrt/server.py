@@ -41,7 +41,11 @@ log = logging.getLogger("mrt")
 _DIGITS = re.compile(r"\d+")
 
 ZMQ_RCVHWM = 64
-WRITER_QUEUE_FRAMES = 64
+#: frames the HDF5 writer's queue may hold.  Its frames are the cache's own
+#: buffers (not copies), and its byte bound is the cache's, so a long queue
+#: costs no memory beyond the cache: it lets the cache absorb a disk that
+#: stalls for a moment instead of holding the detector back.
+WRITER_QUEUE_FRAMES = 8192
 MAX_ZMQ_MESSAGE = 1 << 30
 #: seconds before the ZeroMQ receiver starts again after an unexpected error
 RESTART_DELAY = 0.5
@@ -73,9 +77,15 @@ class Hdf5Writer:
     """Writer thread fed through a queue bounded by frames and bytes."""
 
     def __init__(
-        self, directory: str, frames_per_file: int, byte_limit: int, mask_path: str | None = None
+        self,
+        directory: str,
+        frames_per_file: int,
+        byte_limit: int,
+        mask_path: str | None = None,
+        max_frames: int = WRITER_QUEUE_FRAMES,
     ) -> None:
         self.directory = directory
+        self.max_frames = max_frames
         self.mask_path = mask_path
         self.frames_per_file = frames_per_file
         self.byte_limit = byte_limit
@@ -119,7 +129,7 @@ class Hdf5Writer:
 
     def _room(self) -> bool:
         return self._frames == 0 or (
-            self._frames < WRITER_QUEUE_FRAMES and self._bytes < self.byte_limit
+            self._frames < self.max_frames and self._bytes < self.byte_limit
         )
 
     def put(self, series_id: int, msg, stopping: threading.Event) -> bool:
@@ -153,7 +163,7 @@ class Hdf5Writer:
                 self._bytes -= msg.nbytes
                 # wake a blocked producer only at the low-water mark: it then queues
                 # a batch, instead of a thread switch for every frame written
-                if self._frames <= WRITER_QUEUE_FRAMES // 2 and self._bytes <= self.byte_limit // 2:
+                if self._frames <= self.max_frames // 2 and self._bytes <= self.byte_limit // 2:
                     self._cond.notify_all()
 
     def _run(self) -> None:
@@ -642,6 +652,8 @@ class MrT(runtime.Service):
         with self.shared.room:
             self.store.byte_limit = int(value)
             self.shared.room.notify_all()
+        if self.writer is not None:
+            self.writer.byte_limit = int(value)
         log.info("frame cache limit now %d bytes", value)
 
     def _set_allow(self, value) -> None:

@@ -318,6 +318,19 @@ class SeriesWriter:
         self.written += 1
         return True
 
+    @property
+    def unflushed(self) -> bool:
+        """Frames written since the last flush (not yet counted in :attr:`on_disk`)."""
+        return self._all_direct and self._data_file is not None and self.on_disk < self.processed
+
+    def flush(self) -> None:
+        """Flush the data file: every frame written so far is safely in it."""
+        with self.lock:
+            if self._data_file is not None:
+                self._data_file.flush()
+                if self._all_direct:
+                    self.on_disk = self.processed
+
     def read_frame(self, frame: int):
         """Stream frame ``frame`` as written (its bslz4 chunk), or None.
 

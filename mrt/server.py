@@ -47,6 +47,8 @@ ZMQ_RCVHWM = 64
 #: stalls for a moment instead of holding the detector back.
 WRITER_QUEUE_FRAMES = 8192
 MAX_ZMQ_MESSAGE = 1 << 30
+#: seconds the HDF5 writer's queue stays empty before written frames are flushed
+IDLE_FLUSH = 0.05
 #: seconds before the ZeroMQ receiver starts again after an unexpected error
 RESTART_DELAY = 0.5
 
@@ -149,12 +151,25 @@ class Hdf5Writer:
         return True
 
     def _next(self):
-        with self._cond:
-            while not self._items:
-                self._idle = True
-                self._cond.wait()
-            self._idle = False
-            return self._items.popleft()
+        while True:
+            with self._cond:
+                w = self.current
+                pending = w is not None and w.unflushed
+                if not self._items:
+                    self._idle = True
+                    # frames written but not yet flushed: flush when the queue stays
+                    # empty for a moment (so they count as on disk), not per frame
+                    self._cond.wait(IDLE_FLUSH if pending else None)
+                    self._idle = False
+                if self._items:
+                    return self._items.popleft()
+            if pending:
+                try:
+                    w.flush()
+                except Exception as exc:  # noqa: BLE001 - full disk: the next write reports it
+                    log.debug("hdf5: flush: %s", exc)
+                if self.on_progress is not None:
+                    self.on_progress()
 
     def _done_with(self, msg) -> None:
         if isinstance(msg, Image):

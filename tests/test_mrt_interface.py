@@ -183,3 +183,42 @@ def test_receiver_restarts_after_an_unexpected_error(tmp_path, caplog):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def test_hdf5_output_never_stalls_and_serves_released_frames_from_disk(tmp_path, started):
+    """With HDF5 output a full cache releases frames already in the files: the
+    series goes through with no client at all, and a client that comes later
+    gets every frame, those no longer in memory read back from the files."""
+    zp, up = ports()
+    log = tmp_path / "mr_t.log"
+    out = tmp_path / "h5"
+    out.mkdir()
+    n = 300
+    started.append(harness.start_mrt(up, zp, "--hdf5-output", out, "--frame-cache-bytes", "64K",
+                                     "--hdf5-frames-per-file", 100, "-l", log))  # fmt: skip
+    sim = harness.start_sim(zp, "--width", 64, "--height", 48, "--frames", n, "--rate", 0)
+    started.append(sim)
+    assert procs.wait_until(lambda: f"series 1 ended: {n} frames" in read_log(log), timeout=60)
+    assert sim.wait(timeout=30) == 0  # the simulator was not held back for good
+    assert procs.wait_until(lambda: "series_1_master.h5 complete" in read_log(log), timeout=30)
+    data = harness.fetch_series(up, series_id=1, wait=30)
+    src = FrameSource(64, 48)
+    assert len(data.frames) == n and data.frames == [src.blob(k) for k in range(n)]
+    p = started[0]
+    p.send_signal(signal.SIGHUP)
+    assert procs.wait_until(lambda: "served from disk" in read_log(log), timeout=10)
+    m = re.search(r"(\d+) frames released to disk, (\d+) served from disk", read_log(log))
+    assert int(m.group(1)) > 0 and int(m.group(2)) > 0
+
+
+def test_without_hdf5_output_a_full_cache_still_holds_the_stream(tmp_path, started):
+    zp, up = ports()
+    log = tmp_path / "mr_t.log"
+    started.append(harness.start_mrt(up, zp, "--frame-cache-limit", 5, "-l", log))
+    sim = harness.start_sim(zp, "--width", 64, "--height", 48, "--frames", 200, "--rate", 0)
+    started.append(sim)
+    time.sleep(3)
+    assert "series 1 ended" not in read_log(log)  # held back: nothing dropped
+    data = harness.fetch_series(up, series_id=1, wait=30)
+    src = FrameSource(64, 48)
+    assert data.frames == [src.blob(k) for k in range(200)]

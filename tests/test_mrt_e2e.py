@@ -78,11 +78,11 @@ def test_every_encoding_and_depth(tmp_path, started, kind, bits):
             assert d.id.read_direct_chunk((1, 0, 0))[1] == src.blob(1)
     with h5py.File(tmp_path / "series_1_master.h5", "r") as f:
         assert f["entry/definition"][()] == b"NXmx"
-        assert f["entry/data/data_000001"].shape == (n, h, w)
+        assert f["entry/instrument/detector/data_files/data_000001"].shape == (n, h, w)
         det = f["entry/instrument/detector"]
         assert det["x_pixel_size"][()] == pytest.approx(75e-6)
         assert det["detectorSpecific/nimages"][()] == n
-        assert det["detectorSpecific/pixel_mask"].shape == (h, w)
+        assert det["pixel_mask"].shape == (h, w) and det["pixel_mask"][0, w // 2] == 1
     assert (master_frames(tmp_path) == [src.pixels(k) for k in range(n)]).all()
 
 

@@ -234,6 +234,7 @@ class SeriesWriter:
         self.lock = threading.Lock()  # write/close vs read_frame from the UDP thread
         self._reader: tuple[str, h5py.File] | None = None
         self._vds_frames = 0  # frames the master's /entry/data/data spans now
+        self._readable = 0  # frames readable back after a failure (see abandon)
         self.closed = False
         self.start_time = _now_iso()
         with self._open_master("w") as m:
@@ -591,7 +592,7 @@ class SeriesWriter:
         Only frames counted in :attr:`on_disk` and written as direct chunks
         (the stream's own bslz4 blobs) can be read back."""
         with self.lock:
-            if frame >= self.on_disk or not self._all_direct:
+            if frame >= max(self.on_disk, self._readable) or not self._all_direct:
                 return None
             i = bisect.bisect_left(self._skipped_frames, frame)
             if i < len(self._skipped_frames) and self._skipped_frames[i] == frame:
@@ -602,7 +603,7 @@ class SeriesWriter:
                 return None
             k = index - n * self.frames_per_file
             try:
-                if n == len(self.data_paths) - 1 and self._data_file is not None:
+                if n == len(self.data_paths) - 1 and self._dset is not None:
                     return self._dset.id.read_direct_chunk((k, 0, 0))[1]
                 path = self.data_paths[n]
                 if self._reader is None or self._reader[0] != path:
@@ -642,7 +643,9 @@ class SeriesWriter:
     def abandon(self) -> None:
         """After a write error (a full disk): close what can be closed and rename
         the series' files to ``NAME.incomplete``, so no partial file is left
-        under a final name."""
+        under a final name.  Frames already flushed can still be read back (from
+        the renamed files) for clients; no further frame counts as on disk."""
+        self._readable = max(self._readable, self.on_disk)
         self.on_disk = 0
         self.closed = True
         self._close_reader()
@@ -652,13 +655,15 @@ class SeriesWriter:
                 f.close()
             except Exception as exc:  # noqa: BLE001 - the file is lost anyway; keep going
                 log.debug("closing after an error: %s", exc)
+        renamed = []
         for path in [self.master_path, *self.data_paths]:
             try:
                 if os.path.exists(path):
                     os.replace(path, path + ".incomplete")
             except OSError as exc:
                 log.error("hdf5: cannot rename %s away: %s", path, exc)
-        self.data_paths = []
+            renamed.append(path + ".incomplete")
+        self.data_paths = renamed[1:]
 
 
 # -- reading frames back (replay) ---------------------------------------------------

@@ -107,6 +107,9 @@ class SeriesStore:
     mask_path: str = ""  # --mask-path, echoed in the JSON pong
     disk_backed: bool = False  # frames on disk may leave memory (HDF5 output on)
     on_disk: int = 0  # frames 0 .. on_disk-1 of the current series are in the files
+    #: the highest on_disk seen in this series: frames below it that left memory are
+    #: asked for from the files even after a write failure stopped further spilling
+    disk_readable: int = 0
     current: Series | None = None
     last_series_id: int = 0
     cache: OrderedDict = field(default_factory=OrderedDict)
@@ -151,6 +154,7 @@ class SeriesStore:
         self._lowest = NO_FRAME
         self._disk_frame = None
         self.on_disk = 0
+        self.disk_readable = 0
 
     @property
     def running(self) -> bool:
@@ -164,6 +168,7 @@ class SeriesStore:
         frame still only in memory is never released here."""
         if not self.disk_backed:
             return 0
+        self.disk_readable = max(self.disk_readable, self.on_disk)
         n = 0
         cache = self.cache
         while cache and not self.fits(nbytes):
@@ -362,7 +367,7 @@ class SeriesStore:
         blob = self.cache.get(req.frame)
         notes: list[Note] = []
         self.wanted_from_disk = None
-        if blob is None and self.disk_backed and req.frame < self.on_disk:
+        if blob is None and self.disk_backed and req.frame < self.disk_readable:
             d = self._disk_frame
             if d is not None and d[0] == s.id and d[1] == req.frame:
                 blob = d[2]  # None: the file could not give it; answered as not cached

@@ -221,6 +221,7 @@ class Hdf5Writer:
         w, self.current = self.current, None
         if w is not None:
             w.abandon()
+            self.last = w  # frames flushed before the failure can still be read back
 
     def _handle(self, series_id: int, msg) -> None:
         if isinstance(msg, Header):

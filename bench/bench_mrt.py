@@ -65,6 +65,10 @@ HEADLINE_FRAMES = 3000
 CLIENT_FPS = 20
 
 
+def verdict(ratio: float, target: float) -> str:
+    return f"target >= {target}{'' if ratio >= target else ': NOT MET'}"
+
+
 def spread(values) -> str:
     """``median (min-max)`` of a list of figures."""
     v = sorted(values)
@@ -158,8 +162,8 @@ def bench_ingest(label: str, shape, n: int, tmp: Path) -> float:
     print(
         f"ingest {label} ({shape[0]}x{shape[1]} bslz4, {len(blob) / 1e6:.2f} MB/frame, "
         f"{n} frames): mr_t {spread(ours)} fps, bare PULL keeping every frame "
-        f"{spread(keep)} fps, ratio {spread(ratios)} (target >= 0.8"
-        f"{'' if ratio >= 0.8 else ': NOT MET'}); bare PULL dropping frames {spread(base)} fps"
+        f"{spread(keep)} fps, ratio {spread(ratios)} ({verdict(ratio, 0.8)}); "
+        f"bare PULL dropping frames {spread(base)} fps"
     )
     return ratio
 
@@ -310,7 +314,7 @@ def bench_udp(payload: int, n: int) -> float:
         f"UDP serving, payload {payload} B, {r['nbytes'] / 1e6:.1f} MB a series: "
         f"mr_t with a minimal client loop {spread([x / 1e6 for x in r['lean']])} MB/s, bare "
         f"request/reply {spread([x / 1e6 for x in base])} MB/s, ratio {spread(lean_ratios)} "
-        f"(target >= 0.9{'' if ratio >= 0.9 else ': NOT MET'}); "
+        f"({verdict(ratio, 0.9)}); "
         f"with MrTClient {spread([x / 1e6 for x in r['ours']])} MB/s, ratio {spread(ratios)}; "
         f"server CPU per request bare/mr_t {spread(cpu_ratios)} "
         f"(mr_t {spread(r['lean_cpu'])} us)"
@@ -381,8 +385,7 @@ def bench_h5(n: int, tmp: Path) -> float:
     ratio = statistics.median(ratios)
     print(
         f"HDF5 output, 4M bslz4, {n} frames: mr_t writer {spread(ours)} fps, bare "
-        f"direct-chunk loop {spread(base)} fps, ratio {spread(ratios)} (target >= 0.9"
-        f"{'' if ratio >= 0.9 else ': NOT MET'})"
+        f"direct-chunk loop {spread(base)} fps, ratio {spread(ratios)} ({verdict(ratio, 0.9)})"
     )
     return ratio
 

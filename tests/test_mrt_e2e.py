@@ -14,28 +14,11 @@ from mrt import codec, protocol
 from mrt.sim import FrameSource
 from tests.support import mrt_rig as harness
 from tests.support import procs
+from tests.support.mrt_rig import ports, read_log
+
+started = harness.started  # the fixture: processes stopped at teardown
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def started():
-    """Processes started by a test; all stopped at teardown."""
-    ps = []
-    yield ps
-    for p in ps:
-        procs.stop(p)
-
-
-def ports():
-    return procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
-
-
-def read_log(path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
 
 
 def wait_for(pred, timeout=15.0) -> bool:
@@ -295,6 +278,10 @@ def test_hdf5_full_disk_keeps_serving(tmp_path, started):
     first = harness.fetch_series(up, series_id=1)
     assert len(first.frames) == 12  # UDP unaffected by the failing disk
     assert wait_for(lambda: "File too large" in read_log(log))  # EFBIG logged, not fatal
+    # no partial file under a final name: the failed series' files are renamed away
+    assert wait_for(lambda: "incomplete" in read_log(log) or any(out.glob("*.incomplete")))
+    names = sorted(x.name for x in out.iterdir())
+    assert names and all(x.endswith(".incomplete") for x in names), names
     started.append(harness.start_sim(zp, "--width", 16, "--height", 16, "--frames", 2,
                                      "--series-id", 2))  # fmt: skip
     second = harness.fetch_series(up, series_id=2)

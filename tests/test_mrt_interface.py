@@ -25,27 +25,11 @@ from mrt.server import MrT
 from mrt.sim import FrameSource
 from tests.support import mrt_rig as harness
 from tests.support import procs
+from tests.support.mrt_rig import ports, read_log
+
+started = harness.started  # the fixture: processes stopped at teardown
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def started():
-    ps = []
-    yield ps
-    for p in ps:
-        procs.stop(p)
-
-
-def ports():
-    return procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
-
-
-def read_log(path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
 
 
 def ping(port: int, data: bytes = b"\x00", timeout: float = 0.5) -> bytes | None:

@@ -4,13 +4,12 @@ h5py with hdf5plugin and fabio (PyPI) open the NXmx master; frame counts and
 pixels must agree with what the simulator sent.  Readers open the master and
 the current data file while the series is written; SIGTERM mid-series leaves
 complete files; odd metadata is skipped with a log line and the frames are
-still written; a failing disk leaves no partial file under a final name.
+still written.  (A failing disk: test_mrt_e2e.)
 """
 
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,27 +23,11 @@ from mrt import protocol
 from mrt.sim import FrameSource
 from tests.support import mrt_rig as harness
 from tests.support import procs
+from tests.support.mrt_rig import ports, read_log
+
+started = harness.started  # the fixture: processes stopped at teardown
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def started():
-    ps = []
-    yield ps
-    for p in ps:
-        procs.stop(p)
-
-
-def ports():
-    return procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
-
-
-def read_log(path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
 
 
 def run_series(tmp_path, started, *sim_args, mrt_args=(), frames=20, w=40, h=24):
@@ -228,25 +211,3 @@ def test_odd_metadata_is_skipped_and_frames_are_written(tmp_path, started):
         assert (f["entry/data/data"][()] == [src.pixels(k) for k in range(3)]).all()
         assert f["entry/sample/name"][()] == b"lyso_7"
         assert f["entry/instrument/detector/pixel_mask"].shape == (8, 16)
-
-
-def test_failing_disk_leaves_no_partial_file_under_a_final_name(tmp_path, started):
-    import resource
-
-    def small_files():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
-
-    zp, up = ports()
-    out = tmp_path / "out"
-    out.mkdir()
-    log = tmp_path / "mr_t.log"
-    p = harness.start_mrt(up, zp, "--hdf5-output", out, "-l", log, preexec_fn=small_files)
-    started.append(p)
-    started.append(harness.start_sim(zp, "--width", 256, "--height", 256, "--encoding", "raw",
-                                     "--frames", 12, "--rate", 0, "--bits", 32))  # fmt: skip
-    data = harness.fetch_series(up, series_id=1)
-    assert len(data.frames) == 12  # every frame still served from memory
-    assert procs.wait_until(lambda: "incomplete" in read_log(log), timeout=30)
-    names = sorted(x.name for x in out.iterdir())
-    assert names and all(x.endswith(".incomplete") for x in names), names
-    assert p.poll() is None

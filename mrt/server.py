@@ -1,15 +1,21 @@
-"""Mr. T's I/O layer: ZeroMQ receiver, UDP server, HDF5 writer threads.
+"""Mr. T's I/O layer: ZeroMQ receiver, UDP server, HDF5 writer, status port threads.
 
 Threads (each owns its sockets or files; they share the
-:class:`~mrt.series.SeriesStore` under one lock):
+:class:`~mrt.series.SeriesStore` under one lock, :class:`StoreAccess`):
 
 * ``zmq-receiver``: connects a PULL socket once and stays connected, decodes
   every message with :func:`mrt.protocol.decode_stream`, applies it to the
-  store.  It reads the next message only while the cache has room, so a full
-  cache stops the reading and ZeroMQ's flow control holds the detector back;
-  no frame is ever dropped.  (``h5-replay`` does the same from a file.)
-* ``udp``: a socketserver UDP server answering pings and packet requests.
-* ``hdf5-writer``: writes each series to NXmx files from a bounded queue.
+  store.  It reads the next message only while the cache has room.  Without
+  HDF5 output a full cache stops the reading and ZeroMQ's flow control holds
+  the detector back (no frame is ever dropped); with HDF5 output a full cache
+  first releases frames the writer has safely put in the files (see
+  :class:`Ingest`).  An unexpected error restarts the receiver.
+  (``h5-replay`` does the same from a file.)
+* ``udp``: answers pings and packet requests, datagram by datagram, reading
+  released frames back from the files when a client asks for them.
+* ``hdf5-writer``: writes each series to NXmx files from a queue of the
+  cache's own buffers.
+* ``status``: ``--status-port``, answers ``idle`` or ``running``.
 """
 
 from __future__ import annotations

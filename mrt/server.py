@@ -445,13 +445,32 @@ class UdpServer(NamesAddressOnBindError, socketserver.UDPServer):
     def __init__(self, addr, shared: StoreAccess, allow=None) -> None:
         self.shared = shared
         #: networks whose datagrams are answered (None: all); --udp-allow, live on SIGHUP
-        self.allow = allow
+        self._allow = allow
+        self._verdicts: dict[str, bool] = {}  # per host, bounded; cleared with the list
         #: reads a frame back from the HDF5 files: (series id, frame) -> blob or None
         self.read_frame: Callable[[int, int], object] | None = None
         self._stop_requested = False
         self._stopped = threading.Event()
         self._stopped.set()
         super().__init__(addr, socketserver.BaseRequestHandler)
+
+    @property
+    def allow(self):
+        return self._allow
+
+    @allow.setter
+    def allow(self, value) -> None:
+        self._allow = value
+        self._verdicts = {}
+
+    def allowed(self, host: str) -> bool:
+        ok = self._verdicts.get(host)
+        if ok is None:
+            ok = address_allowed(host, self._allow)
+            if len(self._verdicts) >= 4096:
+                self._verdicts = {}
+            self._verdicts[host] = ok
+        return ok
 
     def process_request(self, request, client_address) -> None:
         data, sock = request
@@ -506,7 +525,7 @@ class UdpServer(NamesAddressOnBindError, socketserver.UDPServer):
 
     def on_datagram(self, data: bytes, sock, addr) -> None:
         sh = self.shared
-        if self.allow is not None and not address_allowed(addr[0], self.allow):
+        if self._allow is not None and not self.allowed(addr[0]):
             sh.store.stats.refused_datagrams += 1
             sh.limiter.log(
                 f"refused {addr[0]}",
@@ -522,7 +541,8 @@ class UdpServer(NamesAddressOnBindError, socketserver.UDPServer):
             if evicted:
                 sh.room.notify_all()
             want = store.wanted_from_disk
-            series_id = store.current.id if store.current is not None else 0
+            if want is not None:
+                series_id = store.current.id if store.current is not None else 0
         if want is not None:
             # a frame that left memory after the writer put it on disk: read it
             # back outside the lock (the receiver keeps going), then answer

@@ -445,6 +445,11 @@ StreamMessage = Header | Image | SeriesEnd
 _json_decode = json.JSONDecoder().decode
 
 
+def _q(value) -> str:
+    """A value from the stream in a reason text: short and escaped (common.badinput)."""
+    return quote(repr(value).encode("utf-8", "backslashreplace"))
+
+
 def _json(part, what: str) -> dict | BadMessage:
     if len(part) > MAX_JSON:
         return BadMessage(f"{what}: {len(part)} bytes of JSON, more than {MAX_JSON}")
@@ -464,11 +469,11 @@ def _array_part(desc_part, data_part, htype: str, warnings: list[str]):
         warnings.append(desc.reason)
         return None
     if desc.get("htype") != htype:
-        warnings.append(f"expected {htype}, got htype {desc.get('htype')!r}")
+        warnings.append(f"expected {htype}, got htype {_q(desc.get('htype'))}")
         return None
     shape = desc.get("shape")
     if not (isinstance(shape, list) and all(isinstance(s, int) and s > 0 for s in shape)):
-        warnings.append(f"{htype}: bad shape {shape!r}")
+        warnings.append(f"{htype}: bad shape {_q(shape)}")
         return None
     return (shape, str(desc.get("type", "")), bytes(data_part))
 
@@ -487,14 +492,14 @@ def decode_stream(parts: list) -> StreamMessage | BadMessage:
         return _decode_image(first, parts)
     if htype == SERIES_END:
         return SeriesEnd(first.get("series"))
-    return BadMessage(f"unknown or stray htype {htype!r} ({len(parts)} parts)")
+    return BadMessage(f"unknown or stray htype {_q(htype)} ({len(parts)} parts)")
 
 
 def _decode_header(first: dict, parts: list) -> Header | BadMessage:
     detail = first.get("header_detail")
     warnings: list[str] = []
     if detail not in DETAIL_PARTS:
-        warnings.append(f"unknown header_detail {detail!r}, read as 'none'")
+        warnings.append(f"unknown header_detail {_q(detail)}, read as 'none'")
         detail = "none"
     expected = DETAIL_PARTS[detail]
     h = Header(first.get("series"), detail, warnings=warnings)
@@ -533,17 +538,17 @@ def _decode_image(first: dict, parts: list) -> Image | BadMessage:
     if isinstance(d, BadMessage):
         return d
     if d.get("htype") != "dimage_d-1.0":
-        return BadMessage(f"image part 2 has htype {d.get('htype')!r}, expected dimage_d-1.0")
+        return BadMessage(f"image part 2 has htype {_q(d.get('htype'))}, expected dimage_d-1.0")
     shape = d.get("shape")
     if not (isinstance(shape, list) and len(shape) in (2, 3) and _positive_ints(shape)):
-        return BadMessage(f"image with bad shape {shape!r}")
+        return BadMessage(f"image with bad shape {_q(shape)}")
     if len(shape) == 3:
         if shape[2] != 1:
-            return BadMessage(f"image with 3-D shape {shape!r} is not supported")
+            return BadMessage(f"image with 3-D shape {_q(shape)} is not supported")
         shape = shape[:2]
     dtype = d.get("type")
     if dtype not in codec.TYPE_BITS:
-        warnings.append(f"image type {dtype!r}, served as 32-bit")
+        warnings.append(f"image type {_q(dtype)}, served as 32-bit")
         dtype = str(dtype)
     enc = d.get("encoding")
     try:

@@ -447,7 +447,7 @@ _json_decode = json.JSONDecoder().decode
 
 def _q(value) -> str:
     """A value from the stream in a reason text: short and escaped (common.badinput)."""
-    return quote(repr(value).encode("utf-8", "backslashreplace"))
+    return quote(str(value).encode("utf-8", "backslashreplace"))
 
 
 def _json(part, what: str) -> dict | BadMessage:

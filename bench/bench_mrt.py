@@ -452,6 +452,7 @@ def headline(
                                     "--frames", n, "--rate", rate, stderr=f)  # fmt: skip
             sim.wait(timeout=n / rate * 20 + 120)
         t0 = log_time(log, "series 1 started", 60)
+        t_in = log_time(log, "series 1 ended", 300)
         t1 = log_time(log, "series_1_master.h5 complete", 300)
         cpu = proc_cpu_s(server.pid) - c0
         time.sleep(5)  # the client keeps fetching (from disk) for a while
@@ -475,6 +476,7 @@ def headline(
             sim=float(sim_rate.group(1)) if sim_rate else 0.0,
             late=int(late.group(1)) if late else 0,
             e2e=n / max(t1 - t0, 1e-3),
+            ingest=n / max(t_in - t0, 1e-3),
             lost=n - in_files,
             from_disk=int(m.group(1)) if m else -1,
             spilled=int(spilled.group(1)) if spilled else -1,
@@ -501,7 +503,8 @@ def bench_headline(tmp: Path, rounds: int, n: int) -> None:
         f"on, a UDP client fetching {CLIENT_FPS} frames/s meanwhile ({rounds} runs): "
         f"simulator's own rate "
         f"{spread(col('sim'))} fps (frames more than a period late {spread(col('late'))}); "
-        f"sustained end to end {spread(col('e2e'))} fps; frames lost {spread(col('lost'))}; "
+        f"received by mr_t {spread(col('ingest'))} fps; sustained end to end (until the "
+        f"master is complete) {spread(col('e2e'))} fps; frames lost {spread(col('lost'))}; "
         f"released to disk {spread(col('spilled'))}; served from disk "
         f"{spread(col('from_disk'))}; client fetched {spread(col('fetched'))} frames, "
         f"{sum(col('good'))} of {sum(col('fetched'))} byte-identical; "

@@ -56,6 +56,16 @@ def test_byte_sizes():
         ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "1",
          "--udp-payload-size", "70000"],
         ["--eiger-zmq-host", "h", "--udp-host", "h", "--udp-port", "1"],  # no abbreviations
+        ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "1",
+         "--extended-pong", "--pong-format", "json"],  # contradicting pong options
+        ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "1",
+         "--pong-format", "xml"],
+        ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "1",
+         "--udp-allow", "10.0.0.300/8"],
+        ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "1",
+         "--status-port", "70000"],
+        ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "1",
+         "--config", "/nonexistent/mr_t.conf"],
     ],
 )  # fmt: skip
 def test_usage_errors_exit_2(args):

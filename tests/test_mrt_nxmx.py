@@ -79,8 +79,13 @@ def resolve(f: h5py.File, path: str) -> None:
 
 def test_master_is_nxmx_and_readers_agree(tmp_path, started):
     n = 25
+    mask = np.zeros((24, 40), dtype=np.uint32)
+    mask[3, 5] = 4  # a --mask-path mask, combined with the header's (a gap column)
+    with h5py.File(tmp_path / "mask.h5", "w") as f:
+        f["mask"] = mask
     out, _ = run_series(tmp_path, started, "--header-detail", "all",
-                        mrt_args=("--hdf5-frames-per-file", 10), frames=n)  # fmt: skip
+                        mrt_args=("--hdf5-frames-per-file", 10, "--mask-path",
+                                  tmp_path / "mask.h5"), frames=n)  # fmt: skip
     src = FrameSource(40, 24)
     want = np.stack([src.pixels(k) for k in range(n)])
     master = out / "series_1_master.h5"
@@ -102,6 +107,9 @@ def test_master_is_nxmx_and_readers_agree(tmp_path, started):
         assert det["saturation_value"][()] == 65535
         assert det["beam_center_x"].attrs["units"] == "pixel"
         assert list(det["module/data_size"][()]) == [24, 40]
+        pm = det["pixel_mask"][()]
+        assert pm[3, 5] == 4 and (pm[:, 20] == 1).all() and pm.sum() == 4 + 24
+        assert det["detectorSpecific/mask_path"][()].decode() == str(tmp_path / "mask.h5")
         resolve(f, f["entry/instrument/detector/depends_on"][()].decode())
         resolve(f, f["entry/sample/depends_on"][()].decode())
         resolve(f, "entry/instrument/detector/module/fast_pixel_direction")

@@ -18,11 +18,18 @@ $(STAMP): setup.py pyproject.toml | $(PY)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# man page checks need mandoc; install it from Debian when missing
+# man page checks need mandoc, the contrib/ checks shellcheck and systemd-analyze;
+# install them from Debian when missing
 tools:
 	@command -v mandoc >/dev/null 2>&1 || { \
 	  echo "installing mandoc (man page lint) from Debian"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mandoc >/dev/null; }
+	@command -v shellcheck >/dev/null 2>&1 || { \
+	  echo "installing shellcheck (contrib/init.d lint) from Debian"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; }
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	  echo "installing systemd (systemd-analyze for contrib/systemd) from Debian"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
 
 demo: $(STAMP)
 	$(PY) -m demo

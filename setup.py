@@ -1,5 +1,6 @@
 """beamline-servers: drop-in replacements for five small beamline network daemons."""
 
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -30,6 +31,15 @@ MRT = [
     "eiger-zmq-sim = mrt.sim:main",
 ]
 
+# installed documentation: share/doc/beamline-servers/{README.md,contrib/...}
+DOC = "share/doc/beamline-servers"
+CONTRIB_DIRS = ["systemd", "init.d", "config"]
+
+
+def files(pattern: str) -> list[str]:
+    return sorted(p for p in glob(pattern) if os.path.isfile(p))
+
+
 CONSOLE_SCRIPTS = COMMON + MARSERVER + SPECSRV_HDW + SPECSRV + ARCHONSRV + MRT
 
 setup(
@@ -48,8 +58,9 @@ setup(
         "pyzmq",
         "h5py",
         "configargparse",
+        # detaching (double fork, setsid, closing descriptors); pulls in lockfile, which
+        # common.lock no longer uses: it needs a kernel lock, PIDLockFile only O_EXCL
         "python-daemon",
-        "lockfile",
         "setproctitle",
         # FITS files for camerad: header cards, BZERO/BSCALE, extensions done right
         "astropy",
@@ -62,14 +73,28 @@ setup(
         "bitshuffle",
     ],
     extras_require={
-        # fabio: a real reader of EIGER/NXmx masters, for mr_t's HDF5 output tests
-        "test": ["pytest", "pytest-timeout", "hypothesis", "ruff", "fabio"],
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            "hypothesis",
+            "ruff",
+            # CSS's own spec client, to test specsrv with (it needs asyncore)
+            "certif-pyspec; python_version < '3.12'",
+            # the field's reader of spec data files, to open specsrv's scans with
+            "silx",
+            # fabio: a real reader of EIGER/NXmx masters, for mr_t's HDF5 output tests
+            "fabio",
+        ],
     },
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
     data_files=[
         ("share/man/man1", sorted(glob("man/*.1"))),
         ("share/man/man5", sorted(glob("man/*.5"))),
         ("share/man/man7", sorted(glob("man/*.7"))),
+        # contrib/ (and README.md) as documentation; MANIFEST.in puts them in the sdist
+        (DOC, ["README.md"]),
+        (f"{DOC}/contrib", ["contrib/README.md"]),
+        *[(f"{DOC}/contrib/{d}", files(f"contrib/{d}/*")) for d in CONTRIB_DIRS],
     ],
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -123,7 +123,7 @@ def bench_reads_sync(port: int, rounds: int) -> tuple[list[float], float]:
         s.sendall(req)
         got: list = []
         while not got:
-            got = dec.feed(s.recv(65536))
+            got = P.events(dec, s.recv(65536))
         times.append(time.perf_counter() - t0)
         assert got[0].sn == sn and got[0].cmd == P.Cmd.REPLY
     rate = rounds / (time.perf_counter() - t_start)

@@ -191,7 +191,7 @@ def add_runtime_args(
             dest="kill",
             action="store_true",
             default=False,
-            help="stop the running instance named by the lock file and exit",
+            help="stop the instance that holds the lock file (only if it is this program) and exit",
         )
     if flags.lockfile:
         group.add_argument(

@@ -4,21 +4,29 @@ A program describes itself as a :class:`Service` (bind sockets, start
 threads, reload configuration, stop) and calls :func:`run` with its
 :class:`RuntimeOptions`.  ``run`` does the rest, in this order:
 
-1. ``-k``: stop the instance named by the lock file and return;
-2. refuse to start if the lock file names a live process (message on the
+1. ``-k``: stop the instance that holds the lock file (a kernel lock, see
+   :mod:`common.lock`) if its process name is the program's, and return;
+   a stale or foreign lock file is reported and nothing is signalled;
+2. refuse to start if a live process holds the lock (message on the
    terminal, exit 1);
 3. ``Service.bind()``: listening sockets are bound *before* any fork, so a
    port already in use is reported on the terminal with exit 1 and no lock
    file is left behind;
 4. with ``-d``: python-daemon ``DaemonContext(detach_process=True)``
    (it forks even when the parent is PID 1, as under systemd), keeping the
-   bound sockets open across the fork; from here on errors go to the log;
-5. take the lock file (PID inside), set the process name, log start-up;
-6. ``Service.start()`` starts the server threads;
+   bound sockets open across the fork; from here on errors go to the log,
+   and the original process waits (:mod:`common.daemonize`) until step 6 is
+   done (exit 0) or has failed (the error on its stderr, exit 1);
+5. set the process name, take the lock (PID inside; a stale lock file is
+   taken over with a log line), log start-up;
+6. ``Service.start()`` starts the server threads; then the start-up is
+   reported: to the waiting parent of ``-d``, and to systemd
+   (``READY=1``, :mod:`common.sdnotify`) when ``NOTIFY_SOCKET`` is set;
 7. the main thread waits for signals: SIGHUP reopens the log file and calls
    ``Service.reload()`` (a :class:`~common.config.ConfigError` keeps the old
-   configuration, with a log line); SIGTERM or SIGINT stops the service,
-   removes the lock and returns 0 within about 2 s.
+   configuration, with a log line), between ``RELOADING=1`` and
+   ``READY=1`` notifications; SIGTERM or SIGINT sends ``STOPPING=1``,
+   stops the service, removes the lock and returns 0 within about 2 s.
 """
 
 from __future__ import annotations
@@ -33,8 +41,9 @@ import time
 from dataclasses import dataclass, field
 
 from . import log as clog
+from . import sdnotify
 from .config import ConfigError
-from .daemonize import daemonize
+from .daemonize import READY_TIMEOUT, Readiness, daemonize
 from .lock import LockError, PidLock, kill_running
 from .proctitle import set_process_name
 from .signals import SignalWatcher
@@ -89,6 +98,8 @@ class RuntimeOptions:
     log_level: int = logging.INFO
     log_utc: bool = False
     kill_timeout: float = 5.0
+    # how long the parent of -d waits for the daemon to report ready
+    ready_timeout: float = READY_TIMEOUT
     tick: float = 0.5
     extra_preserve: list = field(default_factory=list)
     # how the program spells its kill and lock file options, for messages
@@ -146,7 +157,7 @@ def run(service: Service, opts: RuntimeOptions) -> int:
                 f" give {opts.lockfile_option} LOCKFILE as it was started with",
             )
             return EXIT_FAIL
-        status, msg = kill_running(opts.lockfile, opts.kill_timeout)
+        status, msg = kill_running(opts.lockfile, prog, opts.kill_timeout)
         print(f"{prog}: {msg}", file=sys.stderr if status else sys.stdout, flush=True)
         return status
 
@@ -178,27 +189,37 @@ def run(service: Service, opts: RuntimeOptions) -> int:
         _err(prog, f"cannot listen: {exc.strerror or exc}")
         return EXIT_FAIL
 
+    ready = Readiness(None)
     if opts.daemon:
         preserve = [b for b in bound if b is not None] + list(opts.extra_preserve)
         # Close our log handlers before the fork; reopen them after it.
         clog.setup_logging(prog, opts.log_level, None, stderr=False)
-        daemonize(preserve)
+        ready = daemonize(preserve, prog, opts.ready_timeout)
         try:
             clog.setup_logging(prog, opts.log_level, logfile, stderr=False, utc=opts.log_utc)
-        except OSError:
+        except OSError as exc:
+            ready.failed(f"cannot open log file {logfile}: {exc.strerror}")
             os._exit(EXIT_FAIL)
 
+    def fail(msg: str, logged: bool = False) -> None:
+        """A start-up error after the fork: to the log, and to whoever waits."""
+        if not logged:
+            log.error("%s", msg)
+        if opts.daemon:
+            ready.failed(msg)
+        else:
+            _err(prog, msg)
+
+    # the name first: whoever holds the lock answers to the program's name (-k checks it)
+    set_process_name(prog)
     if lock is not None:
         try:
             lock.acquire()
         except LockError as exc:
-            log.error("%s", exc)
-            if not opts.daemon:
-                _err(prog, str(exc))
+            fail(str(exc))
             service.stop()
             return EXIT_FAIL
 
-    set_process_name(prog)
     watcher = SignalWatcher().install()
     status = EXIT_OK
     try:
@@ -206,8 +227,7 @@ def run(service: Service, opts: RuntimeOptions) -> int:
             service.start()
         except Exception as exc:  # noqa: BLE001 - report any start-up failure, then clean up
             log.exception("start-up failed: %s", exc)
-            if not opts.daemon:
-                _err(prog, f"start-up failed: {exc}")
+            fail(f"start-up failed: {exc}", logged=True)
             return EXIT_FAIL
         log.info(
             "%s started (PID %d%s%s)",
@@ -216,8 +236,11 @@ def run(service: Service, opts: RuntimeOptions) -> int:
             ", daemon" if opts.daemon else "",
             f", lock {lock.path}" if lock else "",
         )
+        ready.ready()
+        sdnotify.ready(f"{prog} running")
         status = _main_loop(service, watcher, opts)
     finally:
+        sdnotify.stopping()
         t0 = time.monotonic()
         left = service.stop()
         watcher.restore()
@@ -246,6 +269,7 @@ def _main_loop(service: Service, watcher: SignalWatcher, opts: RuntimeOptions) -
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 return EXIT_OK
             if signum == signal.SIGHUP:
+                sdnotify.reloading()
                 clog.reopen()
                 log.info("received SIGHUP: log reopened, reloading configuration")
                 try:
@@ -256,6 +280,7 @@ def _main_loop(service: Service, watcher: SignalWatcher, opts: RuntimeOptions) -
                     log.exception("reload failed, keeping the old configuration")
                 else:
                     log.info("configuration reloaded%s", f": {summary}" if summary else "")
+                sdnotify.reloaded()
         try:
             service.on_tick()
         except Exception:  # noqa: BLE001

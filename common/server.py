@@ -6,6 +6,10 @@ One thread per connection, as the C originals do (``socketserver`` with
 * a per-port connection limit: the connection past the limit is accepted and
   closed at once, with a log line;
 * an optional allow-list of client networks (CIDR), refusals logged;
+* refusals and bad input (:meth:`LineHandler.log_bad_input`) are logged
+  through a :class:`~common.ratelimit.LogLimiter` per server, keyed by kind
+  and peer address: the first few lines per peer, then a count, so that no
+  peer can flood the log;
 * errors in a handler go to the log, never to a closed stderr;
 * :meth:`ThreadedTCPServer.stop` closes the listener, shuts every client
   socket down so that blocked handler threads wake, and joins them;
@@ -23,6 +27,7 @@ import time
 from collections.abc import Iterable
 
 from .framing import OverlongLine
+from .ratelimit import PERIOD, LogLimiter
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +189,12 @@ class ThreadedTCPServer(NamesAddressOnBindError, socketserver.ThreadingTCPServer
         max_connections: int = 0,
         allow=None,
         bind_and_activate: bool = True,
+        log_period: float = PERIOD,
     ) -> None:
         self.name = name
+        # refusals and bad input: a few lines per peer and kind, then a count
+        self.log_limiter = LogLimiter(log, period=log_period)
+        self._next_log_flush = 0.0
         self.max_connections = max_connections
         self.allow = parse_allow(allow)
         self._clients: dict[socket.socket, threading.Thread | None] = {}
@@ -214,13 +223,21 @@ class ThreadedTCPServer(NamesAddressOnBindError, socketserver.ThreadingTCPServer
         host = client_address[0]
         if not address_allowed(host, self.allow):
             self.refused += 1
-            log.warning("%s: refused connection from %s (not in allow-list)", self.name, host)
+            self.log_limiter.log(
+                f"{self.name}: refused {host} (not in allow-list)",
+                logging.WARNING,
+                "%s: refused connection from %s (not in allow-list)",
+                self.name,
+                host,
+            )
             return False
         if self._stopping.is_set():
             return False
         if self.max_connections and self.client_count() >= self.max_connections:
             self.refused += 1
-            log.warning(
+            self.log_limiter.log(
+                f"{self.name}: refused {host} (connection limit)",
+                logging.WARNING,
                 "%s: refused connection from %s:%s (already %d clients, the limit)",
                 self.name,
                 host,
@@ -246,6 +263,14 @@ class ThreadedTCPServer(NamesAddressOnBindError, socketserver.ThreadingTCPServer
         with self._clients_lock:
             self._clients.pop(request, None)
         super().shutdown_request(request)
+
+    def service_actions(self) -> None:
+        """Called by the accept loop about every poll interval: write the
+        "N more ... suppressed" summaries of rate-limited log lines."""
+        now = time.monotonic()
+        if now >= self._next_log_flush:
+            self._next_log_flush = now + 1.0
+            self.log_limiter.flush()
 
     def handle_error(self, request, client_address) -> None:
         log.exception("%s: error while serving %s", self.name, client_address)
@@ -294,9 +319,14 @@ class ThreadedTCPServer(NamesAddressOnBindError, socketserver.ThreadingTCPServer
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         left = sum(1 for t in threads if t.is_alive())
+        self.log_limiter.flush()
         if left:
             log.warning("%s: %d client threads still running at stop", self.name, left)
         return left
+
+
+# for handlers of servers that are not a ThreadedTCPServer
+_FALLBACK_LIMITER = LogLimiter(log)
 
 
 class LineHandler(socketserver.BaseRequestHandler):
@@ -311,6 +341,22 @@ class LineHandler(socketserver.BaseRequestHandler):
             self.request.settimeout(self.timeout)
         self.reader = SocketReader(self.request, self.max_line)
         log.debug("%s: connection from %s", self.server.name, self.peer)
+
+    def log_bad_input(self, kind: str, msg: str = "", *args, level: int = logging.WARNING) -> bool:
+        """Log bad input from this peer, rate-limited per ``kind`` and peer host.
+
+        ``kind`` is a short fixed text ("overlong line", "bad command"); the
+        line written is ``NAME: KIND from PEER[: msg % args]``.  Returns True if
+        the line was written (False: counted, summarised later).
+        """
+        limiter = getattr(self.server, "log_limiter", None)
+        if limiter is None:  # not "or": an empty LogLimiter is falsy (it has __len__)
+            limiter = _FALLBACK_LIMITER
+        name = getattr(self.server, "name", "server")
+        text = f"%s: {kind} from %s" + (f": {msg}" if msg else "")
+        return limiter.log(
+            f"{name}: {kind} from {self.client_address[0]}", level, text, name, self.peer, *args
+        )
 
     def send(self, data: bytes) -> bool:
         """Send all of ``data``; False if the peer is gone."""

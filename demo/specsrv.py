@@ -107,6 +107,15 @@ def run(report) -> None:
 
         r = procs.run("specsrv.client", f"127.0.0.1:{base + 1}", "eval", "wa")
         report.check("spec-remote eval wa", r.returncode == 0 and b"tth" in r.stdout)
+
+        conn.remote_eval("ascan tth 0 1 4 0.05", timeout=60)
+        rows = conn.prop_get("var/SCAN_D")
+        info = conn.prop_get("var/SCAN_D_INFO")
+        report.check(
+            "ascan: 5 points published in SCAN_D (the #L columns)",
+            getattr(rows, "shape", (0,))[0] == 5 and list(rows[:, 0]) == [0, 0.25, 0.5, 0.75, 1],
+            f"SCAN_D_INFO {info}",
+        )
     finally:
         if conn is not None:
             conn.close()

@@ -173,6 +173,8 @@ class SpecConnection:
         self._reconnector: threading.Thread | None = None
         self._pktlog = P.PacketLog("c")
         self._ever_up = False
+        #: called with ("R"|"W", packet) for every packet (specsrv --record)
+        self.recorder: Callable[[str, Packet], None] | None = None
 
     # -- connection ----------------------------------------------------------------
     def connect(self) -> None:
@@ -246,8 +248,12 @@ class SpecConnection:
                 break
             if not chunk:
                 raise ConnectionError("closed during HELLO")
-            for item in dec.feed(chunk):
-                if isinstance(item, P.ProtocolError):
+            try:
+                items = P.events(dec, chunk)
+            except P.ProtocolError as exc:
+                raise ConnectionError(f"bad HELLO_REPLY: {exc}") from None
+            for item in items:
+                if isinstance(item, P.BadPacket):
                     raise ConnectionError(f"bad HELLO_REPLY: {item}")
                 self._trace("R", item)
                 if item.cmd == Cmd.HELLO_REPLY and item.sn == sn:
@@ -291,6 +297,8 @@ class SpecConnection:
         return sn
 
     def _trace(self, direction: str, pkt: Packet, raw: bytes = b"") -> None:
+        if self.recorder is not None:
+            self.recorder(direction, pkt)
         if self.debug & P.DEBUG_PACKETS:
             self.debug_out(self._pktlog.line(direction, pkt, time.monotonic()))
 
@@ -376,18 +384,19 @@ class SpecConnection:
         try:
             while True:
                 try:
-                    items = wire.read_items(sock, dec)
+                    if not wire.fill(sock, dec):
+                        break
+                    items = P.events(dec)
                 except OSError as exc:
                     reason = str(exc)
                     break
-                if items is None:
-                    break
+                except P.ProtocolError as exc:
+                    log.warning("%s: %s", peer, exc)
+                    reason = str(exc)
+                    return
                 for item in items:
-                    if isinstance(item, P.ProtocolError):
+                    if isinstance(item, P.BadPacket):
                         log.warning("%s: %s", peer, item)
-                        if item.fatal:
-                            reason = str(item)
-                            return
                         continue
                     if self.debug & P.DEBUG_SOCKET:
                         for line in P.socket_lines(
@@ -412,12 +421,12 @@ class SpecConnection:
                 w.packet = pkt
                 w.event.set()
         elif pkt.cmd == Cmd.EVENT:
-            try:
-                value = python_value(P.decode_value(pkt))
-            except P.ProtocolError as exc:
-                log.warning("bad event for %s: %s", pkt.name, exc)
+            raw = P.decode_value(pkt)
+            if isinstance(raw, P.BadValue):
+                log.warning("bad event for %s: %s", pkt.name, raw)
                 return
-            if isinstance(value, dict) and not (pkt.flags & P.SV_DELETED):
+            value = python_value(raw)
+            if isinstance(value, dict) and not (pkt.flags & (P.SV_DELETED | P.SV_DELETED_ALT)):
                 old = self._values.get(pkt.name)
                 if isinstance(old, dict):
                     merged = dict(old)
@@ -425,7 +434,7 @@ class SpecConnection:
                     self._values[pkt.name] = merged
                 else:
                     self._values[pkt.name] = value
-            elif pkt.flags & P.SV_DELETED:
+            elif pkt.flags & (P.SV_DELETED | P.SV_DELETED_ALT):
                 old = self._values.get(pkt.name)
                 if isinstance(old, dict) and isinstance(value, dict):
                     self._values[pkt.name] = {k: v for k, v in old.items() if k not in value}
@@ -605,6 +614,8 @@ class SpecConnection:
 
     def _result(self, reply: Packet):
         value = P.decode_value(reply)
+        if isinstance(value, P.BadValue):
+            raise RemoteError(f"bad reply: {value}", 2)
         if isinstance(value, P.ErrorValue) or reply.err > 0:
             msg = value.message if isinstance(value, P.ErrorValue) else str(value)
             raise RemoteError(msg, reply.err or 1)
@@ -886,7 +897,7 @@ def _act(conn: SpecConnection, args) -> int:
         count = [0]
 
         def show(value, prop, flags):
-            tag = " (deleted)" if flags & P.SV_DELETED else ""
+            tag = " (deleted)" if flags & (P.SV_DELETED | P.SV_DELETED_ALT) else ""
             print(f"{prop} {format_result(value)}{tag}", flush=True)
             count[0] += 1
             if args.count and count[0] >= args.count:

@@ -21,15 +21,20 @@ from enum import IntEnum
 
 import numpy as np
 
+from common import badinput
+
 SV_SPEC_MAGIC = 0xFEEDFACE
 SV_VERSION = 4
 SV_NAME_LEN = 80
 SV_PORT_FIRST = 6510
 SV_PORT_LAST = 6530
 
-#: SV_DELETED flag bit sent with events for deleted variables/elements
-#: (the header file's value; the help text's 0x1000 is not used, see the man page)
-SV_DELETED = 0x0001
+#: SV_DELETED flag bit sent with events for deleted variables/elements (seed
+#: 002, spec's server help text); ``specsrv --deleted-flag`` can send the
+#: other value some clients test for instead
+SV_DELETED = 0x1000
+#: the value certif-pyspec's SpecMessage.DELETED tests for
+SV_DELETED_ALT = 0x0001
 
 #: default bound on ``len`` of one incoming packet (a 1e6-double array is 8 MB)
 DEFAULT_MAX_DATA = 64 << 20
@@ -105,18 +110,15 @@ LITTLE = "<"
 BIG = ">"
 
 
-class ProtocolError(Exception):
-    """A packet that breaks the protocol.
+class ProtocolError(badinput.ProtocolError):
+    """Fatal for this connection: the stream is out of step (bad magic, a
+    header size or data length that cannot be trusted, a byte-order switch).
+    The I/O layer logs one line and closes the connection."""
 
-    ``fatal`` errors (bad magic, absurd sizes) leave the stream out of step:
-    the connection must be closed.  Non-fatal ones concern one well-framed
-    packet, which can be answered with an SV_ERROR.
-    """
 
-    def __init__(self, message: str, *, fatal: bool = True, packet: Packet | None = None):
-        super().__init__(message)
-        self.fatal = fatal
-        self.packet = packet
+class ValueDecodeError(ValueError):
+    """Data of one well-framed packet that is not a value of its type (used
+    inside :func:`decode_value`, which returns a :class:`BadValue` for it)."""
 
 
 @dataclass
@@ -157,6 +159,20 @@ class ErrorValue:
 
     message: str
     err: int = 1
+
+
+@dataclass(frozen=True)
+class BadPacket(badinput.BadInput):
+    """A well-framed packet whose header breaks the protocol (unknown command
+    code, a name without its NUL): the stream goes on; ``packet`` is the
+    packet as decoded, so the server can answer with an SV_ERROR reply."""
+
+    packet: Packet | None = None
+
+
+@dataclass(frozen=True)
+class BadValue(badinput.BadInput):
+    """Packet data that is not a value of its type (see :func:`decode_value`)."""
 
 
 # -- headers ----------------------------------------------------------------
@@ -271,14 +287,17 @@ def decode_header(buf: bytes, order: str) -> tuple[Packet, int, str | None]:
 
 
 class Decoder:
-    """Incremental packet decoder for one connection (feed any split).
+    """Incremental packet decoder for one connection: a stream core.
 
-    The byte order is taken from the magic of the first packet and kept
-    (``order``); later packets must use the same order.  ``max_data`` bounds
-    the data of one packet, so a header claiming gigabytes is refused before
-    anything is buffered.  ``feed`` returns decoded packets and
-    :class:`ProtocolError` objects in stream order; after a fatal error the
-    decoder refuses further input.
+    ``feed(data)`` stores bytes (any split); ``next_event()`` returns the
+    next :class:`Packet`, a :class:`BadPacket` for a well-framed packet that
+    breaks the protocol (the stream goes on), or ``None`` when more bytes are
+    needed, and raises :class:`ProtocolError` when the stream cannot go on
+    (see common/badinput.py).  The byte order is taken from the magic of the
+    first packet and kept (``order``); later packets must use the same order.
+    ``max_data`` bounds the data of one packet, so a header claiming
+    gigabytes is refused before anything is buffered; bytes fed are kept
+    only up to one header plus one data section.
     """
 
     def __init__(self, max_data: int = DEFAULT_MAX_DATA, order: str | None = None) -> None:
@@ -291,6 +310,7 @@ class Decoder:
         self._hsize = 0
         self._problem: str | None = None
         self._spare: np.ndarray | None = None
+        self._ready: Packet | BadPacket | None = None
         self.broken: ProtocolError | None = None
 
     def pending(self) -> int:
@@ -327,38 +347,40 @@ class Decoder:
         self._spare = np.empty(n, dtype=np.uint8)
         return self._spare[:n]
 
-    def bulk_done(self, buf) -> list[Packet | ProtocolError]:
+    def bulk_done(self, buf) -> None:
+        """The buffer of :meth:`bulk_buffer` is full: its packet is the next event."""
         pkt = self._hdr
         self._hdr, self._need_data = None, 0
         # arrays are decoded from the buffer in place; other types as bytes
         pkt.data = buf if pkt.type in ARRAY_DTYPES else bytes(buf)
-        if self._problem is not None:
-            return [ProtocolError(self._problem, fatal=False, packet=pkt)]
-        if pkt.cmd not in _CMD_VALUES:
-            return [ProtocolError(f"unknown command code {pkt.cmd}", fatal=False, packet=pkt)]
-        return [pkt]
+        self._ready = self._checked(pkt)
 
-    def feed(self, data: bytes) -> list[Packet | ProtocolError]:
-        out: list[Packet | ProtocolError] = []
+    def feed(self, data: bytes) -> None:
+        if self.broken is None:
+            self._buf += data
+
+    def next_event(self) -> Packet | BadPacket | None:
+        if self._ready is not None:
+            item, self._ready = self._ready, None
+            return item
         if self.broken is not None:
-            return out
-        self._buf += data
-        while True:
-            try:
-                item = self._step()
-            except ProtocolError as exc:
-                if exc.fatal:
-                    self.broken = exc
-                    self._buf.clear()
-                out.append(exc)
-                if exc.fatal:
-                    return out
-                continue
-            if item is None:
-                return out
-            out.append(item)
+            raise self.broken
+        try:
+            return self._step()
+        except ProtocolError as exc:
+            self.broken = exc
+            self._buf.clear()
+            raise
 
-    def _step(self) -> Packet | None:
+    def _checked(self, pkt: Packet) -> Packet | BadPacket:
+        size = len(pkt.raw_header) + len(pkt.data)
+        if self._problem is not None:
+            return BadPacket(self._problem, size, pkt)
+        if pkt.cmd not in _CMD_VALUES:
+            return BadPacket(f"unknown command code {pkt.cmd}", size, pkt)
+        return pkt
+
+    def _step(self) -> Packet | BadPacket | None:
         if self._hdr is None:
             if not self._hsize:
                 if len(self._buf) < 12:
@@ -389,11 +411,17 @@ class Decoder:
         pkt.data = bytes(self._buf[: self._need_data])
         del self._buf[: self._need_data]
         self._hdr, self._need_data = None, 0
-        if self._problem is not None:
-            raise ProtocolError(self._problem, fatal=False, packet=pkt)
-        if pkt.cmd not in _CMD_VALUES:
-            raise ProtocolError(f"unknown command code {pkt.cmd}", fatal=False, packet=pkt)
-        return pkt
+        return self._checked(pkt)
+
+
+def events(decoder: Decoder, data: bytes = b"") -> list[Packet | BadPacket]:
+    """Feed ``data`` and take every event now complete (raises ProtocolError
+    as :meth:`Decoder.next_event` does)."""
+    decoder.feed(data)
+    out = []
+    while (item := decoder.next_event()) is not None:
+        out.append(item)
+    return out
 
 
 _CMD_VALUES = frozenset(int(c) for c in Cmd)
@@ -460,17 +488,17 @@ def decode_assoc(data: bytes) -> dict[str, str]:
     if not data:
         return {}
     if not data.endswith(b"\0"):
-        raise ProtocolError("associative array data without terminating NUL", fatal=False)
+        raise ValueDecodeError("associative array data without terminating NUL")
     body = data[:-1]
     if body.endswith(b"\0"):
         body = body[:-1]  # the extra NUL after the last value
     elif body:
-        raise ProtocolError("associative array without its final extra NUL", fatal=False)
+        raise ValueDecodeError("associative array without its final extra NUL")
     if not body:
         return {}
     items = body.split(b"\0")
     if len(items) % 2:
-        raise ProtocolError("associative array with an index but no value", fatal=False)
+        raise ValueDecodeError("associative array with an index but no value")
     out: dict[str, str] = {}
     for i in range(0, len(items), 2):
         out[items[i].decode("utf-8", "replace")] = items[i + 1].decode("utf-8", "replace")
@@ -555,15 +583,14 @@ def decode_array(t: int, rows: int, cols: int, data: bytes, order: str = LITTLE)
             strings = []
         return np.array(strings, dtype=str)
     if t not in ARRAY_DTYPES:
-        raise ProtocolError(f"unknown array data type {t}", fatal=False)
+        raise ValueDecodeError(f"unknown array data type {t}")
     dt = np.dtype(ARRAY_DTYPES[t]).newbyteorder(order)
     n = rows * cols
     size = n * dt.itemsize
     if len(data) not in (size, size + 1):
-        raise ProtocolError(
+        raise ValueDecodeError(
             f"array {rows}x{cols} of {dt.itemsize}-byte elements needs {size} bytes, "
-            f"got {len(data)}",
-            fatal=False,
+            f"got {len(data)}"
         )
     arr = np.frombuffer(data, dtype=dt, count=n)
     if not dt.isnative:
@@ -597,7 +624,15 @@ def encode_value(value, order: str = LITTLE, copy: bool = True) -> tuple[int, in
 
 
 def decode_value(pkt: Packet):
-    """Packet data -> Python value (str, dict, ndarray, float or ErrorValue)."""
+    """Packet data -> Python value (str, dict, ndarray, float or ErrorValue),
+    or a :class:`BadValue` when the data is not a value of its type."""
+    try:
+        return _decode_value(pkt)
+    except ValueDecodeError as exc:
+        return BadValue(str(exc), len(pkt.data))
+
+
+def _decode_value(pkt: Packet):
     t = pkt.type
     if t == Type.STRING:
         return pkt.text()
@@ -609,7 +644,7 @@ def decode_value(pkt: Packet):
         return decode_double(pkt.data, pkt.order)
     if t in ARRAY_DTYPES or t == Type.ARR_STRING:
         return decode_array(t, pkt.rows, pkt.cols, pkt.data, pkt.order)
-    raise ProtocolError(f"unknown data type {t}", fatal=False)
+    raise ValueDecodeError(f"unknown data type {t}")
 
 
 def decode_double(data: bytes, order: str) -> float:
@@ -619,7 +654,7 @@ def decode_double(data: bytes, order: str) -> float:
     try:
         return float(decode_text(data))
     except ValueError:
-        raise ProtocolError("SV_DOUBLE data is neither 8 bytes nor a number", fatal=False) from None
+        raise ValueDecodeError("SV_DOUBLE data is neither 8 bytes nor a number") from None
 
 
 def _looks_text(data: bytes) -> bool:
@@ -705,7 +740,7 @@ def describe_data(pkt: Packet, limit: int = 60) -> str:
         try:
             items = decode_assoc(pkt.data)
             text = "{" + ", ".join(f"{k}={v}" for k, v in items.items()) + "}"
-        except ProtocolError:
+        except ValueDecodeError:
             text = "<bad assoc>"
     elif t in ARRAY_DTYPES or t == Type.ARR_STRING:
         text = f"<{pkt.rows}x{pkt.cols} {Type(t).name}>"

@@ -1,6 +1,6 @@
 """Socket helpers shared by the server and the client (the I/O side of protocol.py).
 
-``read_items`` does one read's worth of work: small packets arrive in
+``fill`` does one read's worth of work: small packets arrive in
 64 KiB reads fed to the sans-I/O :class:`~specsrv.protocol.Decoder`; a large
 data section (an image, a million doubles) is received straight into one
 buffer of its final size with ``recv_into``, so it is never copied on the way
@@ -11,26 +11,31 @@ from __future__ import annotations
 
 import socket
 
-from .protocol import Decoder, Packet, ProtocolError
+from .protocol import Decoder
 
 CHUNK = 1 << 16
 BULK = 1 << 18
 
 
-def read_items(sock: socket.socket, decoder: Decoder) -> list[Packet | ProtocolError] | None:
-    """Packets (and protocol errors) from the next read; None at end of file."""
+def fill(sock: socket.socket, decoder: Decoder) -> bool:
+    """One read's worth of bytes into ``decoder``; False at end of file.
+
+    Take the events with ``decoder.next_event()`` afterwards.
+    """
     if decoder.data_remaining() >= BULK:
         buf, have = decoder.bulk_buffer()
         while have < len(buf):
             n = sock.recv_into(buf[have:], min(len(buf) - have, 1 << 22))
             if not n:
-                return None
+                return False
             have += n
-        return decoder.bulk_done(buf)
+        decoder.bulk_done(buf)
+        return True
     data = sock.recv(CHUNK)
     if not data:
-        return None
-    return decoder.feed(data)
+        return False
+    decoder.feed(data)
+    return True
 
 
 def send_nowait(sock: socket.socket, buffers: list) -> list:

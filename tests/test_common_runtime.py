@@ -266,3 +266,52 @@ def test_allow_list_refuses_other_networks(port, spawn):
     assert got == b""
     procs.stop(p)
     assert "not in allow-list" in p.stderr.read().decode()
+
+
+def _log_lines(path, needle: str) -> list[str]:
+    try:
+        return [line for line in path.read_text().splitlines() if needle in line]
+    except FileNotFoundError:
+        return []
+
+
+def test_junk_and_overlong_lines_cannot_flood_the_log(tmp_path, port, spawn):
+    logf = tmp_path / "echod.log"
+    p = spawn(MOD, "-p", str(port), "-l", str(logf), "--log-period", "1")
+    procs.wait_port(port, proc=p)
+    junk = b"".join(b"\x01junk\xff%d\n" % i for i in range(1000))
+    overlong = b"".join(b"y" * 300 + b"\n" for _ in range(200))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(junk + overlong + b"end\n")
+        got = b""
+        while not got.endswith(b"end DONE\n"):
+            chunk = s.recv(65536)
+            assert chunk, "the server closed the connection"
+            got += chunk
+    assert got.count(b"ERROR bad line\n") == 1000
+    assert got.count(b"ERROR line too long\n") == 200
+    # the first five of each kind are written, the rest counted and summarised
+    assert wait_for(lambda: _log_lines(logf, "messages suppressed") != [], 10)
+    assert wait_for(lambda: len(_log_lines(logf, "messages suppressed")) == 2, 10)
+    assert len(_log_lines(logf, "bad line from 127.0.0.1:")) == 5
+    assert len(_log_lines(logf, "overlong line from 127.0.0.1:")) == 5
+    summary = "\n".join(_log_lines(logf, "messages suppressed"))
+    assert "995 more 'echod: bad line from 127.0.0.1' messages suppressed" in summary
+    assert "195 more 'echod: overlong line from 127.0.0.1' messages suppressed" in summary
+    # 1,200 bad lines in: a few lines of log, not one per line (about 140 bytes each)
+    assert logf.stat().st_size < 4000
+
+
+def test_refused_connections_cannot_flood_the_log(tmp_path, port, spawn):
+    logf = tmp_path / "echod.log"
+    p = spawn(MOD, "-p", str(port), "-A", "10.0.0.0/8", "-l", str(logf), "--log-period", "1")
+    assert wait_for(lambda: "echod started" in logf.read_text() if logf.exists() else False)
+    for _ in range(200):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            assert s.recv(10) == b""
+    assert wait_for(lambda: _log_lines(logf, "messages suppressed") != [], 10)
+    assert len(_log_lines(logf, "not in allow-list")) == 6  # 5 lines and the summary
+    summary = _log_lines(logf, "messages suppressed")[0]
+    assert "195 more 'echod: refused 127.0.0.1 (not in allow-list)' messages suppressed" in summary
+    assert logf.stat().st_size < 3000
+    assert p.poll() is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 
 import pytest
@@ -59,3 +60,45 @@ def test_wheel_carries_man_pages_and_data(tmp_path, no_build_litter):
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     for cmd in ("sendsockcmd", "marserver", "camerad", "specsrv", "mr_t", "mca_server"):
         assert f"{cmd} = " in text
+
+
+def _contrib_files() -> list[str]:
+    root = procs.ROOT
+    return sorted(str(p.relative_to(root)) for p in (root / "contrib").rglob("*") if p.is_file())
+
+
+def test_wheel_installs_contrib_as_documentation(tmp_path, no_build_litter):
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(procs.ROOT)],
+        capture_output=True, text=True, timeout=170, cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    (wheel,) = tmp_path.glob("beamline_servers-*.whl")
+    zf = zipfile.ZipFile(wheel)
+    names = set(zf.namelist())
+    doc = "beamline_servers-0.1.0.data/data/share/doc/beamline-servers"
+    assert f"{doc}/README.md" in names
+    for rel in _contrib_files():
+        assert f"{doc}/{rel}" in names, f"{rel} is not installed as documentation"
+    unit = zf.read(f"{doc}/contrib/systemd/mca_server.service").decode()
+    assert unit == (procs.ROOT / "contrib/systemd/mca_server.service").read_text()
+    # init scripts keep their execute bit
+    info = zf.getinfo(f"{doc}/contrib/init.d/mca_server")
+    assert (info.external_attr >> 16) & 0o111
+
+
+def test_sdist_carries_contrib_and_man(tmp_path, no_build_litter):
+    res = subprocess.run(
+        [sys.executable, "setup.py", "-q", "sdist", "--formats=gztar", "-d", str(tmp_path)],
+        capture_output=True, text=True, timeout=170, cwd=procs.ROOT,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    (sdist,) = tmp_path.glob("beamline_servers-*.tar.gz")
+    with tarfile.open(sdist) as tf:
+        names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
+    for rel in _contrib_files():
+        assert rel in names, f"{rel} is missing from the sdist"
+    for page in (procs.ROOT / "man").glob("*.[1-9]"):
+        assert f"man/{page.name}" in names
+    assert "MANIFEST.in" in names and "README.md" in names

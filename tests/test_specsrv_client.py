@@ -37,10 +37,12 @@ def cfg(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(cfg):
+def server(cfg, tmp_path_factory):
     port = procs.free_port()
     with procs.running(
         "specsrv.cli",
+        "--data-dir",  # files that commands name stay inside (tests' tmp_path)
+        str(tmp_path_factory.getbasetemp()),
         "-S",
         str(port),
         "-H",
@@ -200,7 +202,7 @@ def test_var_events_and_deletion(conn):
     conn.prop_watch("var/TEMP", lambda v, p, f: late.append(v))
     assert late == [21.5]  # a second watcher starts from the cached value
     conn.remote_eval("unglobal TEMP")
-    assert wait_for(lambda: seen[-1][1] == 0x0001)
+    assert wait_for(lambda: seen[-1][1] == 0x1000)
     # recreated: events resume
     conn.remote_eval("TEMP = 3")
     assert wait_for(lambda: seen[-1] == (3, 0))
@@ -357,7 +359,7 @@ def test_daemon_lock_reload_and_kill(tmp_path, cfg):
 def test_bad_config_is_a_usage_error(tmp_path):
     bad = tmp_path / "bad.conf"
     bad.write_text("motor tth steps=abc\n")
-    r = procs.run("specsrv.cli", "-S", "1", "-c", str(bad))
+    r = procs.run("specsrv.cli", "-S", "65000", "-c", str(bad))
     assert r.returncode == 2 and b"bad value for steps" in r.stderr
     r = procs.run("specsrv.cli", "-S", "9-3")
     assert r.returncode == 2

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from common.config import ConfigError
 from specsrv.interp import Interp, SpecError, SpecSyntaxError, spec_sprintf
-from specsrv.sim import Hardware, Profile, parse_config
+from specsrv.motors import Instrument, Profile, parse_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,7 +28,7 @@ counter det type=detector rate=1000
 @pytest.fixture
 def env():
     events = []
-    hw = Hardware(parse_config(CONFIG), lambda p, v, f=0: events.append((p, v)), update=0.01)
+    hw = Instrument(parse_config(CONFIG), lambda p, v, f=0: events.append((p, v)), update=0.01)
     hw.start()
     it = Interp(hw, name="fourc")
     yield it, events
@@ -228,7 +228,7 @@ def test_sprintf_conversions():
     )
 )
 def test_integer_arithmetic_matches_python(expr):
-    hw = Hardware(parse_config(""), lambda *a: None)
+    hw = Instrument(parse_config(""), lambda *a: None)
     it = Interp(hw)
     assert it.run(expr)[0] == float(eval(expr))  # integers and + - * only
 
@@ -236,7 +236,7 @@ def test_integer_arithmetic_matches_python(expr):
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet="ab1 +-*/(){}[];\"'=<>!&|#$\n\\.,?:%^~", max_size=40))
 def test_random_source_gives_spec_errors_only(src):
-    hw = Hardware(parse_config(""), lambda *a: None)
+    hw = Instrument(parse_config(""), lambda *a: None)
     it = Interp(hw)
     t = threading.Timer(1.0, it.abort)
     t.start()
@@ -281,7 +281,7 @@ def test_config_errors(text, msg):
 
 
 def test_syntax_error_class():
-    hw = Hardware(parse_config(""), lambda *a: None)
+    hw = Instrument(parse_config(""), lambda *a: None)
     with pytest.raises(SpecSyntaxError):
         Interp(hw).run("if (")
 

@@ -37,7 +37,7 @@ def test_header_sizes_and_formats():
 
 def test_seed_request_decodes():
     d = P.Decoder()
-    (pkt,) = d.feed(SEED_REQUEST + b"2+2\0")
+    (pkt,) = P.events(d, SEED_REQUEST + b"2+2\0")
     assert d.order == P.LITTLE
     assert (pkt.cmd, pkt.sn, pkt.type, pkt.text(), pkt.vers, pkt.size) == (4, 419, 2, "2+2", 4, 132)
     assert (pkt.sec, pkt.usec) == (0x5C7E9B88, 0x1FD5A)
@@ -77,7 +77,7 @@ def test_header_round_trip_each_version(vers, order):
     assert len(raw) == P.HEADER_SIZES[vers]
     assert struct.unpack(order + "I", raw[:4])[0] == P.SV_SPEC_MAGIC
     d = P.Decoder()
-    (out,) = d.feed(raw)
+    (out,) = P.events(d, raw)
     assert d.order == order and out.vers == vers and out.name == pkt.name and out.sn == 7
 
 
@@ -87,7 +87,7 @@ def test_future_larger_header_is_tolerated():
     ints = bytearray(base[:52]) + bytes(16)
     struct.pack_into("<ii", ints, 4, 5, 132 + 16)
     raw = bytes(ints) + base[52:]
-    (pkt,) = P.Decoder().feed(raw)
+    (pkt,) = P.events(P.Decoder(), raw)
     assert pkt.cmd == Cmd.HELLO and pkt.vers == 5 and pkt.name == "x" and pkt.sn == 3
 
 
@@ -120,7 +120,7 @@ def arrays(draw):
 def _wire(value, order):
     t, rows, cols, data, err = P.encode_value(value, order)
     pkt = Packet(cmd=Cmd.REPLY, sn=5, type=t, rows=rows, cols=cols, data=data, err=err)
-    (out,) = P.Decoder().feed(P.encode_packet(pkt, order))
+    (out,) = P.events(P.Decoder(), P.encode_packet(pkt, order))
     return out, P.decode_value(out)
 
 
@@ -169,7 +169,7 @@ def test_array_data_is_in_the_clients_byte_order():
 def test_array_accepts_one_trailing_nul_and_rejects_wrong_size():
     data = struct.pack("<3i", 1, 2, 3)
     np.testing.assert_array_equal(P.decode_array(Type.ARR_LONG, 1, 3, data + b"\0"), [1, 2, 3])
-    with pytest.raises(P.ProtocolError):
+    with pytest.raises(P.ValueDecodeError):
         P.decode_array(Type.ARR_LONG, 1, 4, data)
 
 
@@ -217,9 +217,9 @@ def test_any_split_of_the_stream(cuts, order, vers):
     out = []
     pos = 0
     for c in cuts:
-        out += d.feed(stream[pos : pos + c])
+        out += P.events(d, stream[pos : pos + c])
         pos += c
-    out += d.feed(stream[pos:])
+    out += P.events(d, stream[pos:])
     assert [(p.cmd, p.sn, p.name, p.data) for p in out] == [
         (p.cmd, p.sn, p.name, p.data) for p in packets
     ]
@@ -228,25 +228,26 @@ def test_any_split_of_the_stream(cuts, order, vers):
 
 def test_garbage_magic_is_fatal():
     d = P.Decoder()
-    (err,) = d.feed(b"GET / HTTP/1.0\r\n\r\n")
-    assert isinstance(err, P.ProtocolError) and err.fatal
-    assert d.feed(P.encode_packet(Packet(cmd=Cmd.HELLO))) == []
+    with pytest.raises(P.ProtocolError):
+        P.events(d, b"GET / HTTP/1.0\r\n\r\n")
+    with pytest.raises(P.ProtocolError):  # the stream cannot go on
+        P.events(d, P.encode_packet(Packet(cmd=Cmd.HELLO)))
 
 
 def test_huge_len_refused_before_buffering():
     hdr = bytearray(P.encode_header(Packet(cmd=Cmd.CHAN_SEND, name="var/x")))
     struct.pack_into("<I", hdr, 40, 3_000_000_000)
     d = P.Decoder(max_data=1 << 20)
-    (err,) = d.feed(bytes(hdr))
-    assert err.fatal and "exceeds" in str(err)
+    with pytest.raises(P.ProtocolError, match="exceeds"):
+        P.events(d, bytes(hdr))
     assert d.pending() == 0
 
 
 def test_bad_header_size_is_fatal():
     hdr = bytearray(P.encode_header(Packet(cmd=Cmd.HELLO)))
     struct.pack_into("<I", hdr, 8, 10_000_000)
-    (err,) = P.Decoder().feed(bytes(hdr))
-    assert err.fatal
+    with pytest.raises(P.ProtocolError):
+        P.events(P.Decoder(), bytes(hdr))
 
 
 def test_unknown_command_and_unterminated_name_are_not_fatal():
@@ -254,17 +255,20 @@ def test_unknown_command_and_unterminated_name_are_not_fatal():
     hdr = bytearray(P.encode_header(Packet(cmd=Cmd.CHAN_READ, sn=5, name="x")))
     hdr[52:132] = b"y" * 80
     good = P.encode_packet(Packet(cmd=Cmd.HELLO, sn=6))
-    out = P.Decoder().feed(bad_cmd + bytes(hdr) + good)
-    assert isinstance(out[0], P.ProtocolError) and not out[0].fatal and out[0].packet.sn == 4
-    assert isinstance(out[1], P.ProtocolError) and "NUL" in str(out[1]) and out[1].packet.sn == 5
+    out = P.events(P.Decoder(), bad_cmd + bytes(hdr) + good)
+    assert isinstance(out[0], P.BadPacket) and out[0].packet.sn == 4
+    assert isinstance(out[1], P.BadPacket) and "NUL" in str(out[1]) and out[1].packet.sn == 5
     assert isinstance(out[2], Packet) and out[2].sn == 6
 
 
 def test_byte_order_switch_inside_a_connection_is_fatal():
     a = P.encode_packet(Packet(cmd=Cmd.HELLO), P.LITTLE)
     b = P.encode_packet(Packet(cmd=Cmd.HELLO), P.BIG)
-    out = P.Decoder().feed(a + b)
-    assert isinstance(out[0], Packet) and isinstance(out[1], P.ProtocolError) and out[1].fatal
+    d = P.Decoder()
+    d.feed(a + b)
+    assert isinstance(d.next_event(), Packet)
+    with pytest.raises(P.ProtocolError):
+        d.next_event()
 
 
 @pytest.mark.parametrize(
@@ -273,7 +277,7 @@ def test_byte_order_switch_inside_a_connection_is_fatal():
     ids=["no-extra-nul", "key-only", "odd-items", "no-nul"],
 )
 def test_bad_assoc_raises(data):
-    with pytest.raises(P.ProtocolError):
+    with pytest.raises(P.ValueDecodeError):
         P.decode_assoc(data)
 
 
@@ -281,8 +285,11 @@ def test_bad_assoc_raises(data):
 @given(st.binary(max_size=400))
 def test_garbage_never_crashes_the_decoder(blob):
     d = P.Decoder(max_data=1 << 16)
-    for item in d.feed(blob):
-        assert isinstance(item, Packet | P.ProtocolError)
+    try:
+        for item in P.events(d, blob):
+            assert isinstance(item, Packet | P.BadPacket)
+    except P.ProtocolError:
+        pass  # fatal for the stream: allowed
     assert d.pending() <= (1 << 16) + P.MAX_HEADER_SIZE
 
 
@@ -297,15 +304,16 @@ def test_bulk_receive_of_a_large_data_section():
     pkt = P.make_packet(Cmd.REPLY, arr, sn=3, order=P.BIG)
     raw = P.encode_packet(pkt, P.BIG)
     d = P.Decoder()
-    assert d.feed(raw[:1000]) == []
+    assert P.events(d, raw[:1000]) == []
     assert d.data_remaining() == len(raw) - 1000
     buf, have = d.bulk_buffer()
     assert have == 1000 - 132 and len(buf) == 800_000
     buf[have:] = raw[1000:]
-    (out,) = d.bulk_done(buf)
+    d.bulk_done(buf)
+    (out,) = P.events(d)
     np.testing.assert_array_equal(P.decode_value(out), np.arange(100_000))
     # the decoder is ready for the next packet
-    (nxt,) = d.feed(P.encode_packet(Packet(cmd=Cmd.HELLO, sn=4), P.BIG))
+    (nxt,) = P.events(d, P.encode_packet(Packet(cmd=Cmd.HELLO, sn=4), P.BIG))
     assert nxt.sn == 4
 
 
@@ -346,11 +354,11 @@ def test_which_bad_requests_get_an_error_reply(cmd, sn, due):
 def test_hello_name_without_nul_is_not_a_problem():
     raw = bytearray(P.encode_packet(Packet(cmd=Cmd.HELLO, sn=3)))
     raw[52:132] = b"d" * 80
-    (pkt,) = P.Decoder().feed(bytes(raw))
+    (pkt,) = P.events(P.Decoder(), bytes(raw))
     assert isinstance(pkt, Packet) and pkt.cmd == Cmd.HELLO and pkt.sn == 3
     raw[24:28] = struct.pack("<i", Cmd.CHAN_READ)
-    (err,) = P.Decoder().feed(bytes(raw))
-    assert isinstance(err, P.ProtocolError) and not err.fatal
+    (err,) = P.events(P.Decoder(), bytes(raw))
+    assert isinstance(err, P.BadPacket)
 
 
 @pytest.mark.parametrize("client, reply", [(2, 2), (3, 3), (4, 4), (5, 4), (17, 4), (None, 4)])

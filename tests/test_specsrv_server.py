@@ -8,8 +8,9 @@ import threading
 import pytest
 
 from specsrv import protocol as P
-from specsrv.server import ClientHandler, SpecServer
-from specsrv.sim import parse_config
+from specsrv.engine import SpecEngine
+from specsrv.motors import parse_config
+from specsrv.server import ClientConnection
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -18,13 +19,13 @@ CONFIG = "motor m1 steps=1000 low=-50 high=50\ncounter sec type=timer\n"
 
 @pytest.fixture
 def spec():
-    srv = SpecServer("unit", parse_config(CONFIG))
+    srv = SpecEngine("unit", parse_config(CONFIG))
     pairs = []
 
     def client():
         a, b = socket.socketpair()
         pairs.append((a, b))
-        c = ClientHandler(srv, a, "unit-peer")
+        c = ClientConnection(srv, a, "unit-peer")
         c.writer.start()
         return c, b
 
@@ -40,11 +41,11 @@ def replies(sock: socket.socket, n: int) -> list[P.Packet]:
     out: list[P.Packet] = []
     sock.settimeout(5)
     while len(out) < n:
-        out += [p for p in dec.feed(sock.recv(65536)) if isinstance(p, P.Packet)]
+        out += [p for p in P.events(dec, sock.recv(65536)) if isinstance(p, P.Packet)]
     return out
 
 
-def run_with_guard(spec: SpecServer, job) -> bool:
+def run_with_guard(spec: SpecEngine, job) -> bool:
     """Run one job in a thread; True if it ended by itself within 5 s."""
     t = threading.Thread(target=spec._run_job, args=(job,), daemon=True)
     t.start()
@@ -77,7 +78,7 @@ def test_abort_while_idle_does_not_abort_the_next_command(spec):
 
 
 def test_queued_command_text_per_client_is_bounded(spec):
-    from specsrv.server import MAX_PENDING_BYTES_PER_CLIENT, PropError
+    from specsrv.engine import MAX_PENDING_BYTES_PER_CLIENT, PropError
 
     c, _ = spec.client()
     other, _ = spec.client()
@@ -114,7 +115,7 @@ def test_initial_event_cannot_follow_a_newer_event(spec):
 
 
 def test_commands_of_a_client_that_left_stay_queued_and_the_queue_is_bounded(spec):
-    from specsrv.server import MAX_QUEUE, PropError
+    from specsrv.engine import MAX_QUEUE, PropError
 
     c, _ = spec.client()
     spec.push(c, "left_behind = 1")
@@ -129,7 +130,7 @@ def test_commands_of_a_client_that_left_stay_queued_and_the_queue_is_bounded(spe
 
 
 def test_count_send_needs_a_number(spec):
-    from specsrv.server import PropError
+    from specsrv.engine import PropError
 
     c, _ = spec.client()
     with pytest.raises(PropError):

@@ -1,4 +1,6 @@
-"""Simulated motors and counters behind the spec server.
+"""The in-process model of the instrument: motors and counters behind the spec server.
+
+This is not a simulator program; it is the engine's model of the hardware.
 
 Motors keep a dial position (quantised to steps), a user offset and sign,
 dial limits, rates and backlash.  A move is one or two trapezoidal legs
@@ -11,7 +13,7 @@ preset time (positive) or monitor count (negative).
 
 The configuration file (``specsrv.conf(5)``) has one ``motor`` or
 ``counter`` line per channel with ``key=value`` words.  Events leave through
-the ``emit(property, value, flags=0)`` callable given to :class:`Hardware`.
+the ``emit(property, value, flags=0)`` callable given to :class:`Instrument`.
 """
 
 from __future__ import annotations
@@ -76,8 +78,17 @@ _MOTOR_KEYS = {
     "low_switch": float,
     "high_switch": float,
     "disabled": int,
+    "remote": str,
+    "remote_mne": str,
 }
-_COUNTER_KEYS = {"name": str, "type": str, "rate": float, "scale": float}
+_COUNTER_KEYS = {
+    "name": str,
+    "type": str,
+    "rate": float,
+    "scale": float,
+    "remote": str,
+    "remote_mne": str,
+}
 COUNTER_KINDS = ("timer", "monitor", "detector")
 MAX_CHANNELS = 256
 
@@ -100,6 +111,9 @@ class MotorConfig:
     low_switch: float | None = None
     high_switch: float | None = None
     disabled: int = 0
+    #: gateway mode: HOST:NAME or HOST:PORT of the spec server that has this motor
+    remote: str = ""
+    remote_mne: str = ""
     params: dict[str, float] = field(default_factory=dict)
 
 
@@ -110,10 +124,13 @@ class CounterConfig:
     type: str = "detector"
     rate: float = 1000.0
     scale: float = 1.0
+    #: gateway mode: HOST:NAME or HOST:PORT of the spec server that has this counter
+    remote: str = ""
+    remote_mne: str = ""
 
 
 @dataclass
-class SimConfig:
+class InstrumentConfig:
     motors: list[MotorConfig] = field(default_factory=list)
     counters: list[CounterConfig] = field(default_factory=list)
 
@@ -122,9 +139,9 @@ def _valid_mne(word: str) -> bool:
     return bool(word) and (word[0].isalpha() or word[0] == "_") and word.replace("_", "a").isalnum()
 
 
-def parse_config(text: str, source: str = "<string>") -> SimConfig:
+def parse_config(text: str, source: str = "<string>") -> InstrumentConfig:
     """Parse a motor/counter configuration; ConfigError names file and line."""
-    cfg = SimConfig()
+    cfg = InstrumentConfig()
     seen: set[str] = set()
     for lineno, raw in enumerate(text.splitlines(), 1):
         where = f"{source}:{lineno}"
@@ -193,7 +210,7 @@ def parse_config(text: str, source: str = "<string>") -> SimConfig:
     return cfg
 
 
-def read_config(path: str | Path) -> SimConfig:
+def read_config(path: str | Path) -> InstrumentConfig:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -286,6 +303,9 @@ class Motor:
         self.legs: list[float] = []
         self.profile: Profile | None = None
         self.t0 = 0.0
+        #: gateway mode: the link to the remote motor (gateway.RemoteMotor)
+        self.remote = None
+        self.remote_moving = False
 
     def quantise(self, dial: float) -> float:
         return round(dial * self.steps) / self.steps
@@ -302,7 +322,7 @@ class Motor:
 
     @property
     def moving(self) -> bool:
-        return self.profile is not None
+        return self.profile is not None or self.remote_moving
 
     def user_limits(self) -> tuple[float, float]:
         a, b = self.user_of(self.low), self.user_of(self.high)
@@ -326,6 +346,8 @@ class Counter:
         self.kind = cfg.type
         self.rate = cfg.rate
         self.value = 0.0
+        #: gateway mode: the link to the remote counter (gateway.RemoteCounter)
+        self.remote = None
 
     def value_at(self, elapsed: float) -> float:
         if self.kind == "timer":
@@ -333,10 +355,10 @@ class Counter:
         return float(math.floor(self.rate * elapsed))
 
 
-class Hardware:
+class Instrument:
     """All motors and counters, and the thread that moves and counts them."""
 
-    def __init__(self, cfg: SimConfig, emit, *, update: float = 0.05, mode: int = 1) -> None:
+    def __init__(self, cfg: InstrumentConfig, emit, *, update: float = 0.05, mode: int = 1) -> None:
         self.emit = emit
         self.update = update
         self.mode = mode
@@ -356,6 +378,8 @@ class Hardware:
         #: called (from the tick thread) when a limit is hit in -S2 mode
         self.on_limit_abort = None
         self.sync_answer: int | None = None
+        #: gateway mode: links of remote counters (gateway.RemoteLink)
+        self.count_links: set = set()
 
     # -- thread -------------------------------------------------------------
     def start(self) -> None:
@@ -501,13 +525,19 @@ class Hardware:
                 m = self.motor(mne)
                 if m.moving:
                     raise MotionError(f"Motor '{mne}' is already moving.")
-                plan.append((m, self.check_move(m, user)))
+                plan.append((m, self.check_move(m, user), user))
             now = time.monotonic()
             started = []
-            for m, dial in plan:
+            for m, dial, user in plan:
                 if dial == m.dial:
                     continue
                 m.low_hit = m.high_hit = 0
+                if m.remote is not None:
+                    m.remote_moving = True
+                    m.remote.start(user)
+                    started.append(m.mne)
+                    self.emit(f"motor/{m.mne}/move_done", 1)
+                    continue
                 backlash = m.params.get("backlash", 0.0) / abs(m.steps)
                 legs = [dial]
                 if backlash and (dial - m.dial) * backlash < 0:
@@ -521,6 +551,10 @@ class Hardware:
 
     def search(self, mne: str, how: str, home_pos: float | None = None) -> None:
         m = self.motor(mne)
+        if m.remote is not None:
+            extra = f" {home_pos!r}" if home_pos is not None else ""
+            m.remote.put("search", f"{how}{extra}")
+            return
         if m.disabled:
             raise MotionError(f"Motor '{m.mne}' is unusable.")
         if how.startswith("home"):
@@ -543,13 +577,22 @@ class Hardware:
             self.set_dial(mne, home_pos)
 
     def abort(self) -> None:
+        links = set()
         with self.changed:
             for m in self.motors:
-                if m.moving:
+                if m.remote is not None:
+                    if m.remote_moving:
+                        links.add(m.remote.link)
+                elif m.moving:
                     self._halt(m)
             if self.counting:
                 self._finish_count(time.monotonic())
             self.changed.notify_all()
+        for link in links:  # outside the lock: a remote's events take it
+            link.abort()
+        for link in self.count_links:
+            if link.counting:
+                link.stop_count()
 
     def any_moving(self) -> bool:
         with self.lock:
@@ -569,6 +612,10 @@ class Hardware:
 
     def set_dial(self, mne: str, dial: float) -> None:
         """New dial position; the offset stays, so the user position follows."""
+        m = self.motor(mne)
+        if m.remote is not None:  # outside the lock: the remote's events take it
+            m.remote.put("dial_position", repr(float(dial)))
+            return
         with self.lock:
             m = self.motor(mne)
             m.dial = m.quantise(dial)
@@ -577,6 +624,10 @@ class Hardware:
             self.emit(f"motor/{m.mne}/position", m.user)
 
     def set_user(self, mne: str, user: float) -> None:
+        m = self.motor(mne)
+        if m.remote is not None:
+            m.remote.put("offset", repr(float(user - m.sign * m.dial)))
+            return
         with self.lock:
             m = self.motor(mne)
             m.offset = user - m.sign * m.dial
@@ -584,6 +635,11 @@ class Hardware:
             self.emit(f"motor/{m.mne}/position", m.user)
 
     def set_limits(self, mne: str, user_a: float, user_b: float) -> None:
+        m = self.motor(mne)
+        if m.remote is not None:
+            lo, hi = sorted((user_a, user_b))
+            m.remote.put("limits", f"{lo!r} {hi!r}")
+            return
         with self.lock:
             m = self.motor(mne)
             d1, d2 = sorted((m.dial_of(user_a), m.dial_of(user_b)))
@@ -595,6 +651,10 @@ class Hardware:
                 self.emit(f"motor/{m.mne}/high_limit", m.high)
 
     def set_param(self, mne: str, name: str, value: float) -> None:
+        m = self.motor(mne)
+        if m.remote is not None and name != "disable":
+            m.remote.put(name, repr(float(value)))
+            return
         with self.lock:
             m = self.motor(mne)
             if name == "disable":
@@ -622,8 +682,13 @@ class Hardware:
             self._last_value_event = self.count_t0
             for c in self.counters:
                 c.value = 0.0
+            links = list(self.count_links)
+            for link in links:
+                link.counting = True
             self.emit("scaler/.all./count", 1)
             self.changed.notify_all()
+        for link in links:  # outside the lock: a remote's events take it
+            link.start_count(preset)
 
     def _monitor(self) -> Counter | None:
         for c in self.counters:
@@ -650,7 +715,8 @@ class Hardware:
                     elapsed = need / mon.rate
         self.count_elapsed = elapsed
         for c in self.counters:
-            c.value = c.value_at(elapsed)
+            if c.remote is None:
+                c.value = c.value_at(elapsed)
         if done:
             self._finish_count(now, final=True)
         elif now - self._last_value_event >= 0.1:
@@ -662,7 +728,8 @@ class Hardware:
         if not final:
             elapsed = now - self.count_t0
             for c in self.counters:
-                c.value = c.value_at(elapsed)
+                if c.remote is None:
+                    c.value = c.value_at(elapsed)
         self.counting = False
         for c in self.counters:
             self.emit(f"scaler/{c.mne}/value", c.value)
@@ -670,7 +737,7 @@ class Hardware:
 
     def wait_count(self, aborted) -> bool:
         with self.changed:
-            while self.counting:
+            while self.counting or any(link.counting for link in self.count_links):
                 if aborted():
                     return False
                 self.changed.wait(0.05)

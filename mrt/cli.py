@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 
-from common import cli, runtime
+from common import cli, options, runtime
 
 from . import hdf5, protocol, series
 from .server import ZMQ_RCVHWM, MrT
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         "mr_t",
         "Receive EIGER images from the detector's ZeroMQ stream (v1), keep them in a\n"
         "bounded cache, serve them over Mr. T's UDP protocol, optionally write NXmx HDF5.",
+        config_option=("--config",),
+        default_config_files=[options.default_config_file("mr_t")],
     )
     p.add_argument(
         "--eiger-zmq-host-and-port",
@@ -100,7 +102,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--extended-pong",
         action="store_true",
-        help="answer pings with the later original's pong (bits, width, height, name)",
+        help="answer pings with the later original's pong (bits, width, height, name);"
+        " the same as --pong-format extended",
+    )
+    p.add_argument(
+        "--pong-format",
+        choices=protocol.PONG_FORMATS,
+        help="pong generation: plain (9 bytes, the default), extended, or json"
+        " (the newest upstream's JSON metadata pong)",
+    )
+    p.add_argument(
+        "--mask-path",
+        metavar="PATH",
+        help="pixel mask file (.npy or HDF5), named in JSON pongs and written into the master",
+    )
+    p.add_argument(
+        "--status-port",
+        metavar="PORT",
+        type=cli.port_number,
+        help="TCP port on the UDP host that answers 'idle' or 'running' and closes",
+    )
+    p.add_argument(
+        "--udp-allow",
+        metavar="NET",
+        type=cli.network,
+        action="append",
+        help="answer only hosts in this network (ADDR[/BITS]; repeat; default: every host)",
     )
     p.add_argument(
         "--hdf5-output", metavar="DIR", help="write each series as NXmx HDF5 files into DIR"
@@ -118,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = cli.parse_or_exit(parser, argv)
+    fmt = args.pong_format or ("extended" if args.extended_pong else "plain")
+    if args.extended_pong and fmt != "extended":
+        parser.error(f"--extended-pong contradicts --pong-format {fmt}")
     if not args.kill:
         if args.eiger_zmq_host_and_port and args.input_h5_file:
             parser.error("give either --eiger-zmq-host-and-port or --input-h5-file, not both")
@@ -134,10 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         frame_limit=args.frame_cache_limit,
         byte_limit=args.frame_cache_bytes,
         payload_size=args.udp_payload_size,
-        extended_pong=args.extended_pong,
+        pong_format=fmt,
+        mask_path=args.mask_path,
+        status_port=args.status_port,
+        allow=args.udp_allow,
         hdf5_dir=args.hdf5_output,
         frames_per_file=args.hdf5_frames_per_file,
         zmq_rcvhwm=args.zmq_rcvhwm,
+        options=options.LiveOptions(parser, argv, args),
     )
     return runtime.run(service, runtime.options_from_args(args))
 

@@ -23,7 +23,7 @@ from common import cli
 from common import log as clog
 
 from . import codec, protocol
-from .protocol import ExtendedPong, FrameFetch, PacketReply, Pong
+from .protocol import ExtendedPong, FrameFetch, JsonPong, PacketReply, Pong
 
 log = logging.getLogger("mr_t_client")
 
@@ -55,7 +55,10 @@ class SeriesData:
         bits = bits or self.bits
         shape = shape or (self.height, self.width)
         if not bits or not all(shape):
-            raise codec.CodecError("bit depth and frame shape are unknown (need --extended-pong)")
+            raise codec.CodecError(
+                "bit depth and frame shape are unknown (plain pongs):"
+                " give --bits, --width and --height"
+            )
         out = np.empty((len(self.frames), *shape), dtype=codec.DTYPES[bits])
         for i, blob in enumerate(self.frames):
             enc = codec.guess_encoding(blob, shape, bits) if encoding == "auto" else encoding
@@ -73,13 +76,16 @@ class MrTClient:
         *,
         timeout: float = 0.2,
         extended_pong: bool = False,
+        pong_format: str | None = None,
         max_resends: int = 50,
         idle_timeout: float = 30.0,
         poll_interval: float = 0.005,
     ) -> None:
         self.addr = (host, port)
         self.timeout = timeout
-        self.extended = extended_pong
+        #: the pong generation expected: plain, extended, json, or auto (any of them)
+        self.pong_format = pong_format or ("extended" if extended_pong else "auto")
+        self.extended = self.pong_format == "extended"
         self.max_resends = max_resends
         self.idle_timeout = idle_timeout
         self.poll_interval = poll_interval
@@ -117,23 +123,24 @@ class MrTClient:
                 # ICMP port unreachable from an earlier send: server not up (yet)
                 time.sleep(min(left, self.timeout))
                 return None
-            msg = protocol.decode_reply(data, self.extended)
-            if msg:
+            msg = protocol.decode_reply(data, self.pong_format)
+            if not isinstance(msg, protocol.BadDatagram):
                 return msg
             if data[:1] == bytes([protocol.PONG]) and not self._pong_warned:
-                # a pong of the other kind: the two sides disagree on --extended-pong,
+                # a pong of another kind: the two sides disagree on the pong format,
                 # and every pong would be ignored without a word
                 self._pong_warned = True
                 hint = (
-                    "does the server send extended pongs (mr_t --extended-pong)?"
-                    if self.extended
-                    else "the server seems to send extended pongs: use --extended-pong"
+                    f"does the server send {self.pong_format} pongs?"
+                    f" (mr_t --pong-format {self.pong_format}); --pong-format auto reads all"
+                    if self.pong_format != "auto"
+                    else "no pong generation fits"
                 )
                 log.warning("ignored datagram: %s; %s", msg.reason, hint)
             else:
                 log.debug("ignored datagram: %s", msg.reason)
 
-    def ping(self) -> Pong | ExtendedPong | None:
+    def ping(self) -> Pong | ExtendedPong | JsonPong | None:
         try:
             self.sock.send(protocol.Ping().encode())
         except OSError as exc:
@@ -142,12 +149,12 @@ class MrTClient:
         deadline = time.monotonic() + self.timeout
         while True:
             msg = self._recv(deadline)
-            if msg is None or isinstance(msg, Pong | ExtendedPong):
+            if msg is None or isinstance(msg, Pong | ExtendedPong | JsonPong):
                 return msg
 
     def wait_series(
         self, wait: float = 0.0, ping_interval: float = 0.1, new_only: bool = True
-    ) -> Pong | ExtendedPong | None:
+    ) -> Pong | ExtendedPong | JsonPong | None:
         """Ping until a pong names a series (a new one with ``new_only``); None after ``wait`` s."""
         deadline = time.monotonic() + wait if wait > 0 else None
         while deadline is None or time.monotonic() < deadline:
@@ -161,17 +168,19 @@ class MrTClient:
                 time.sleep(rest)
         return None
 
-    def fetch(self, pong: Pong | ExtendedPong) -> SeriesData:
+    def fetch(self, pong: Pong | ExtendedPong | JsonPong) -> SeriesData:
         """Fetch every frame of the series ``pong`` announced."""
         st = FrameFetch(pong.frame_count)
         data = SeriesData(pong.series_id, pong.frame_count, st.frames)
-        if isinstance(pong, ExtendedPong):
+        if isinstance(pong, ExtendedPong | JsonPong):
             data.bits, data.width, data.height, data.name = (
                 pong.bits,
                 pong.width,
                 pong.height,
                 pong.name,
             )
+        if isinstance(pong, JsonPong):
+            data.extra = dict(pong.extra)
         self.last_series = pong.series_id
         resends = 0
         last_progress = time.monotonic()
@@ -234,7 +243,16 @@ def build_parser():
     )
     p.add_argument("-o", "--output", metavar="FILE", help="save frames (.npy: array; else raw)")
     p.add_argument("--raw", action="store_true", help="save frames as received, not decoded")
-    p.add_argument("--extended-pong", action="store_true", help="server sends extended pongs")
+    p.add_argument(
+        "--extended-pong",
+        action="store_true",
+        help="server sends extended pongs (the same as --pong-format extended)",
+    )
+    p.add_argument(
+        "--pong-format",
+        choices=("auto", *protocol.PONG_FORMATS),
+        help="pong generation the server sends (default auto: any of plain, extended, json)",
+    )
     p.add_argument("--bits", type=int, choices=(8, 16, 32), help="bit depth, for decoding")
     p.add_argument("--width", metavar="X", type=cli.positive_int, help="frame width, for decoding")
     p.add_argument("--height", metavar="Y", type=cli.positive_int, help="frame height")
@@ -294,9 +312,14 @@ def main(argv: list[str] | None = None) -> int:
             codec.parse_encoding(args.encoding)
         except codec.CodecError as exc:
             parser.error(str(exc))
-    if args.output and not args.raw and not args.extended_pong:
+    fmt = args.pong_format or ("extended" if args.extended_pong else "auto")
+    if args.extended_pong and fmt != "extended":
+        parser.error(f"--extended-pong contradicts --pong-format {fmt}")
+    if args.output and not args.raw and fmt == "plain":
         if not (args.bits and args.width and args.height):
-            parser.error("decoding frames needs --extended-pong or --bits, --width and --height")
+            parser.error(
+                "decoding frames needs extended or JSON pongs, or --bits, --width and --height"
+            )
     clog.setup_logging("mr_t_client", clog.verbosity_to_level(args.verbose))
     host, port = args.address
     status = 0
@@ -304,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         host,
         port,
         timeout=args.timeout / 1000.0,
-        extended_pong=args.extended_pong,
+        pong_format=fmt,
         max_resends=args.retries,
         idle_timeout=args.idle_timeout,
     ) as client:

@@ -5,10 +5,15 @@ UDP (all integers big-endian, byte 0 is the message type):
 ====  ==============  =========================================================
 type  message         layout
 ====  ==============  =========================================================
-0     Ping            type (1 byte)
+0     Ping            type (1 byte; any datagram whose first byte is 0)
 1     Pong            type, series id u32 (0 = none), frame count u32 (9 bytes)
 1     extended Pong   type, series id u32, bits u8, width u16, height u16,
                       frame count u32, name length u16, name (latin-1)
+1     JSON Pong       type, series id u32, frame count u32, length u16, then
+                      ``length`` bytes of JSON text (latin-1): an object with
+                      ``id``, ``name``, ``shape``, ``bits_per_pixel``,
+                      ``frame_count``, ``mask_path``, or (the upstream's form)
+                      a JSON string whose content is that object's JSON
 2     Packet request  type, frame u32, start byte u32 (9 bytes)
 3     Packet reply    type, premature end u32, frame u32, start byte u32,
                       bytes in frame u32, payload
@@ -19,7 +24,8 @@ JSON object with an ``htype``: ``dheader-1.0`` (1, 2 or 8 parts for
 ``header_detail`` none, basic, all, plus an optional appendix),
 ``dimage-1.0`` (4 parts, 5 with an appendix) and ``dseries_end-1.0``.
 
-Decoders return typed messages or a :class:`WireError` value; they never
+Decoders return typed messages or a :class:`BadDatagram` /
+:class:`BadMessage` value (:class:`common.badinput.BadInput`); they never
 raise on bad input.  :class:`FrameFetch` is the client side of the UDP
 procedure as a state machine (which request to send next, which reply to
 accept).
@@ -31,6 +37,8 @@ import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any
+
+from common.badinput import BadInput, quote
 
 from . import codec
 
@@ -49,13 +57,19 @@ REPLY_HEADER = _REPLY.size
 
 
 @dataclass(frozen=True)
-class WireError:
-    """Bad input: the reason, for a log line.  Falsy, so ``if msg:`` works."""
+class BadDatagram(BadInput):
+    """A UDP datagram that is no message of the protocol (skipped)."""
 
-    reason: str
 
-    def __bool__(self) -> bool:
-        return False
+@dataclass(frozen=True)
+class BadMessage(BadInput):
+    """A ZeroMQ stream message (or one of its parts) that cannot be used."""
+
+
+#: pong generations: the seed's, the original's later (HEAD) and the newest (JSON)
+PONG_FORMATS = ("plain", "extended", "json")
+_JPONG = struct.Struct(">BIIH")
+JSON_PONG_HEADER = _JPONG.size
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,118 @@ class ExtendedPong:
 
 
 @dataclass(slots=True)
+class JsonPong:
+    """The newest upstream pong: counts plus a JSON object of series metadata.
+
+    ``encode`` writes the object as the upstream does, a JSON string holding
+    the object's JSON ("double-encoded"); ``decode_reply`` accepts that and a
+    plain JSON object.  A name that would make the text longer than a u16 is
+    shortened.  No series: the 11-byte header with length 0.
+    """
+
+    series_id: int = 0
+    frame_count: int = 0
+    name: str = ""
+    width: int = 0
+    height: int = 0
+    bits: int = 0
+    mask_path: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def metadata(self) -> dict:
+        return {
+            "id": self.series_id,
+            "name": self.name,
+            "shape": [self.height, self.width],
+            "bits_per_pixel": self.bits,
+            "frame_count": self.frame_count,
+            "mask_path": self.mask_path,
+        }
+
+    def encode(self) -> bytes:
+        if self.series_id == 0:
+            return _JPONG.pack(PONG, 0, 0, 0)
+        meta = self.metadata()
+        text = b""
+        for _ in range(3):
+            text = json.dumps(json.dumps(meta)).encode("latin-1")
+            if len(text) <= 0xFFFF:
+                break
+            meta["name"] = meta["name"][: max(0, len(meta["name"]) - (len(text) - 0xFFFF) - 8)]
+        if len(text) > 0xFFFF:  # a mask path this long: drop the strings
+            meta["name"], meta["mask_path"] = "", ""
+            text = json.dumps(json.dumps(meta)).encode("latin-1")
+        return _JPONG.pack(PONG, self.series_id, self.frame_count, len(text)) + text
+
+
+def _decode_json_pong(data: bytes) -> JsonPong | BadDatagram:
+    _, sid, count, n = _JPONG.unpack_from(data)
+    if len(data) != _JPONG.size + n:
+        return BadDatagram(f"JSON pong of {len(data)} bytes, header says {n} + 11", len(data))
+    if n == 0:
+        return JsonPong(sid, count)
+    try:
+        value = json.loads(data[_JPONG.size :].decode("latin-1"))
+        if isinstance(value, str):  # the upstream's JSON string holding the JSON object
+            value = json.loads(value)
+    except ValueError:
+        return BadDatagram("JSON pong whose text is not JSON", len(data))
+    if not isinstance(value, dict):
+        return BadDatagram("JSON pong whose JSON is not an object", len(data))
+    shape = value.get("shape")
+    h = w = 0
+    if isinstance(shape, list) and len(shape) == 2 and _positive_ints(shape):
+        h, w = shape
+    bits = value.get("bits_per_pixel")
+    name, mask = value.get("name"), value.get("mask_path")
+    return JsonPong(
+        sid,
+        count,
+        name=name if isinstance(name, str) else "",
+        width=w,
+        height=h,
+        bits=bits if type(bits) is int and bits in (8, 16, 32) else 0,
+        mask_path=mask if isinstance(mask, str) else "",
+        extra=value,
+    )
+
+
+def decode_pong(data: bytes, fmt: str = "auto") -> Pong | ExtendedPong | JsonPong | BadDatagram:
+    """A pong of generation ``fmt`` (``plain``, ``extended``, ``json``), or ``auto``.
+
+    ``auto`` tells them apart by size: 9 bytes is plain; 11 + the u16 at byte 9
+    with JSON text after the header is JSON; 16 + the u16 at byte 14 is extended.
+    """
+    n = len(data)
+    if fmt == "auto":
+        if n == _PONG.size:
+            fmt = "plain"
+        elif n >= _JPONG.size and n == _JPONG.size + struct.unpack_from(">H", data, 9)[0]:
+            got = _decode_json_pong(data)
+            if isinstance(got, JsonPong):
+                return got
+            fmt = "extended"
+        elif n >= _XPONG.size and n == _XPONG.size + struct.unpack_from(">H", data, 14)[0]:
+            fmt = "extended"
+        else:
+            return BadDatagram(f"pong of {n} bytes, of no known layout", n)
+    if fmt == "json":
+        if n < _JPONG.size:
+            return BadDatagram(f"JSON pong of {n} bytes, shorter than its header", n)
+        return _decode_json_pong(data)
+    if fmt == "extended":
+        if n < _XPONG.size:
+            return BadDatagram(f"extended pong of {n} bytes, shorter than its header", n)
+        _, sid, bits, w, h, count, nlen = _XPONG.unpack_from(data)
+        name = data[_XPONG.size : _XPONG.size + nlen].decode("latin-1")
+        return ExtendedPong(sid, count, bits, w, h, name)
+    if n != _PONG.size:
+        return BadDatagram(f"pong of {n} bytes, expected {_PONG.size}", n)
+    _, sid, count = _PONG.unpack(data)
+    return Pong(sid, count)
+
+
+@dataclass(slots=True)
 class PacketRequest:
     frame: int
     start: int
@@ -128,48 +254,47 @@ def _u32(v: int) -> bool:
     return 0 <= v <= U32_MAX
 
 
-def decode_request(data: bytes) -> Ping | PacketRequest | WireError:
-    """A datagram sent to the server: Ping or Packet request."""
+def decode_request(data: bytes) -> Ping | PacketRequest | BadDatagram:
+    """A datagram sent to the server: Ping or Packet request.
+
+    Any datagram whose first byte is 0 is a ping, whatever its length (the
+    upstream answers padded pings too)."""
     if not data:
-        return WireError("empty datagram")
+        return BadDatagram("empty datagram")
     kind = data[0]
     if kind == PING:
-        # the seed's ping is exactly one byte; tolerate nothing else
-        if len(data) != 1:
-            return WireError(f"ping of {len(data)} bytes, expected 1")
         return Ping()
     if kind == PACKET_REQUEST:
         if len(data) != _REQ.size:
-            return WireError(f"packet request of {len(data)} bytes, expected {_REQ.size}")
+            return BadDatagram(
+                f"packet request of {len(data)} bytes, expected {_REQ.size}", len(data)
+            )
         _, frame, start = _REQ.unpack(data)
         return PacketRequest(frame, start)
-    return WireError(f"unexpected message type {kind} ({len(data)} bytes)")
+    return BadDatagram(
+        f"unexpected message type {kind} ({len(data)} bytes: {quote(data, 8)})", len(data)
+    )
 
 
 def decode_reply(
-    data: bytes, extended: bool = False
-) -> Pong | ExtendedPong | PacketReply | WireError:
-    """A datagram sent to the client: Pong (plain or extended) or Packet reply."""
+    data: bytes, extended: bool | str = False
+) -> Pong | ExtendedPong | JsonPong | PacketReply | BadDatagram:
+    """A datagram sent to the client: a Pong (``extended``: False = plain, True =
+    extended, or a name of :data:`PONG_FORMATS` or ``auto``) or a Packet reply."""
     if not data:
-        return WireError("empty datagram")
+        return BadDatagram("empty datagram")
     kind = data[0]
     if kind == PONG:
-        if extended:
-            if len(data) < _XPONG.size:
-                return WireError(f"extended pong of {len(data)} bytes, shorter than its header")
-            _, sid, bits, w, h, count, nlen = _XPONG.unpack_from(data)
-            name = data[_XPONG.size : _XPONG.size + nlen].decode("latin-1")
-            return ExtendedPong(sid, count, bits, w, h, name)
-        if len(data) != _PONG.size:
-            return WireError(f"pong of {len(data)} bytes, expected {_PONG.size}")
-        _, sid, count = _PONG.unpack(data)
-        return Pong(sid, count)
+        fmt = extended if isinstance(extended, str) else ("extended" if extended else "plain")
+        return decode_pong(data, fmt)
     if kind == PACKET_REPLY:
         if len(data) < _REPLY.size:
-            return WireError(f"packet reply of {len(data)} bytes, shorter than its header")
+            return BadDatagram(
+                f"packet reply of {len(data)} bytes, shorter than its header", len(data)
+            )
         _, pend, frame, start, total = _REPLY.unpack_from(data)
         return PacketReply(pend, frame, start, total, bytes(data[_REPLY.size :]))
-    return WireError(f"unexpected message type {kind} ({len(data)} bytes)")
+    return BadDatagram(f"unexpected message type {kind} ({len(data)} bytes)", len(data))
 
 
 def encode_reply_header(premature_end: int, frame: int, start: int, frame_bytes: int) -> bytes:
@@ -320,41 +445,46 @@ StreamMessage = Header | Image | SeriesEnd
 _json_decode = json.JSONDecoder().decode
 
 
-def _json(part, what: str) -> dict | WireError:
+def _q(value) -> str:
+    """A value from the stream in a reason text: short and escaped (common.badinput)."""
+    return quote(str(value).encode("utf-8", "backslashreplace"))
+
+
+def _json(part, what: str) -> dict | BadMessage:
     if len(part) > MAX_JSON:
-        return WireError(f"{what}: {len(part)} bytes of JSON, more than {MAX_JSON}")
+        return BadMessage(f"{what}: {len(part)} bytes of JSON, more than {MAX_JSON}")
     try:
         # the stream's JSON is UTF-8; decoding it here skips json.loads' detection
         value = _json_decode(bytes(part).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        return WireError(f"{what}: invalid JSON ({exc})")
+        return BadMessage(f"{what}: invalid JSON ({exc})")
     if not isinstance(value, dict):
-        return WireError(f"{what}: JSON is not an object")
+        return BadMessage(f"{what}: JSON is not an object")
     return value
 
 
 def _array_part(desc_part, data_part, htype: str, warnings: list[str]):
     desc = _json(desc_part, htype)
-    if isinstance(desc, WireError):
+    if isinstance(desc, BadMessage):
         warnings.append(desc.reason)
         return None
     if desc.get("htype") != htype:
-        warnings.append(f"expected {htype}, got htype {desc.get('htype')!r}")
+        warnings.append(f"expected {htype}, got htype {_q(desc.get('htype'))}")
         return None
     shape = desc.get("shape")
     if not (isinstance(shape, list) and all(isinstance(s, int) and s > 0 for s in shape)):
-        warnings.append(f"{htype}: bad shape {shape!r}")
+        warnings.append(f"{htype}: bad shape {_q(shape)}")
         return None
     return (shape, str(desc.get("type", "")), bytes(data_part))
 
 
-def decode_stream(parts: list) -> StreamMessage | WireError:
+def decode_stream(parts: list) -> StreamMessage | BadMessage:
     """One ZeroMQ multipart message (bytes or buffers) -> typed message or error."""
     if not parts:
-        return WireError("empty message")
+        return BadMessage("empty message")
     first = _json(parts[0], "part 1")
-    if isinstance(first, WireError):
-        return WireError(f"stray or garbage message ({len(parts)} parts): {first.reason}")
+    if isinstance(first, BadMessage):
+        return BadMessage(f"stray or garbage message ({len(parts)} parts): {first.reason}")
     htype = first.get("htype")
     if htype == HEADER:
         return _decode_header(first, parts)
@@ -362,14 +492,14 @@ def decode_stream(parts: list) -> StreamMessage | WireError:
         return _decode_image(first, parts)
     if htype == SERIES_END:
         return SeriesEnd(first.get("series"))
-    return WireError(f"unknown or stray htype {htype!r} ({len(parts)} parts)")
+    return BadMessage(f"unknown or stray htype {_q(htype)} ({len(parts)} parts)")
 
 
-def _decode_header(first: dict, parts: list) -> Header | WireError:
+def _decode_header(first: dict, parts: list) -> Header | BadMessage:
     detail = first.get("header_detail")
     warnings: list[str] = []
     if detail not in DETAIL_PARTS:
-        warnings.append(f"unknown header_detail {detail!r}, read as 'none'")
+        warnings.append(f"unknown header_detail {_q(detail)}, read as 'none'")
         detail = "none"
     expected = DETAIL_PARTS[detail]
     h = Header(first.get("series"), detail, warnings=warnings)
@@ -378,7 +508,7 @@ def _decode_header(first: dict, parts: list) -> Header | WireError:
     if detail in ("basic", "all"):
         if len(parts) >= 2:
             cfg = _json(parts[1], "detector config")
-            if isinstance(cfg, WireError):
+            if isinstance(cfg, BadMessage):
                 warnings.append(cfg.reason)
             else:
                 h.config = cfg
@@ -400,36 +530,36 @@ def _positive_ints(values: list) -> bool:
     return True
 
 
-def _decode_image(first: dict, parts: list) -> Image | WireError:
+def _decode_image(first: dict, parts: list) -> Image | BadMessage:
     if len(parts) < 3:
-        return WireError(f"image with {len(parts)} parts, expected 4 or 5")
+        return BadMessage(f"image with {len(parts)} parts, expected 4 or 5")
     warnings: list[str] = []
     d = _json(parts[1], "image part 2")
-    if isinstance(d, WireError):
+    if isinstance(d, BadMessage):
         return d
     if d.get("htype") != "dimage_d-1.0":
-        return WireError(f"image part 2 has htype {d.get('htype')!r}, expected dimage_d-1.0")
+        return BadMessage(f"image part 2 has htype {_q(d.get('htype'))}, expected dimage_d-1.0")
     shape = d.get("shape")
     if not (isinstance(shape, list) and len(shape) in (2, 3) and _positive_ints(shape)):
-        return WireError(f"image with bad shape {shape!r}")
+        return BadMessage(f"image with bad shape {_q(shape)}")
     if len(shape) == 3:
         if shape[2] != 1:
-            return WireError(f"image with 3-D shape {shape!r} is not supported")
+            return BadMessage(f"image with 3-D shape {_q(shape)} is not supported")
         shape = shape[:2]
     dtype = d.get("type")
     if dtype not in codec.TYPE_BITS:
-        warnings.append(f"image type {dtype!r}, served as 32-bit")
+        warnings.append(f"image type {_q(dtype)}, served as 32-bit")
         dtype = str(dtype)
     enc = d.get("encoding")
     try:
         codec.parse_encoding(enc)
     except codec.CodecError as exc:
-        return WireError(f"image: {exc}")
+        return BadMessage(f"image: {exc}")
     data = parts[2]
     if not len(data):
         # a reply with 0 bytes in frame means "not cached yet": a client would wait
         # for this frame for ever, so it cannot be served
-        return WireError("image with no data (0 bytes)")
+        return BadMessage("image with no data (0 bytes)")
     size = d.get("size")
     if isinstance(size, int) and size != len(data):
         warnings.append(f"image size field {size} but {len(data)} bytes of data")

@@ -18,29 +18,46 @@ Rules (the seed's, with the original's bugs fixed; see mr_t(1)):
   frame not cached: an empty reply, with ``premature end`` set to the number
   of frames received when the series has ended (``0xFFFFFFFF`` when it ended
   without any frame);
-* after any reply, cached frames below the requested one are evicted;
+* after a *data* reply for frame k, cached frames below k are released
+  (an empty "not yet" or "ended" reply releases nothing: a client polling
+  ahead must not release frames other clients still need), except when the
+  cache is full and the request is for exactly the next frame to come;
 * the cache holds at most ``frame_limit`` frames and ``byte_limit`` bytes
-  (:meth:`has_room` tells the receiver whether to read the next message).
+  (:meth:`has_room` tells the receiver whether to read the next message);
+* with HDF5 output (``disk_backed``), a full cache releases its lowest frames
+  that are already safely on disk (:meth:`spill_to_fit`) instead of holding the stream
+  back; a request for such a frame is answered from the file: the store asks
+  for it through ``wanted_from_disk`` and the I/O layer hands the blob back
+  with :meth:`set_disk_frame`.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from . import protocol
 from .protocol import (
     NO_FRAMES_ENDED,
+    BadDatagram,
+    BadMessage,
     ExtendedPong,
     Header,
     Image,
+    JsonPong,
     PacketRequest,
     Ping,
     Pong,
     SeriesEnd,
-    WireError,
 )
+
+_REQUEST = struct.Struct(">BII")
+REQUEST_SIZE = _REQUEST.size
+_unpack_request = _REQUEST.unpack
+_pack_reply = struct.Struct(">BIIII").pack
+_NO_NOTES: list = []  # shared and never appended to
 
 DEFAULT_CACHE_BYTES = 1 << 30
 NO_FRAME = 1 << 63  # above every frame number: "the cache is empty"
@@ -82,6 +99,9 @@ class Stats:
     frames: int = 0
     skipped_messages: int = 0
     evicted: int = 0
+    spilled: int = 0  # frames released from memory because they were on disk
+    served_from_disk: int = 0  # frames read back from the HDF5 files for a client
+    refused_datagrams: int = 0  # from hosts outside the allow-list
 
 
 @dataclass
@@ -90,6 +110,13 @@ class SeriesStore:
     byte_limit: int = DEFAULT_CACHE_BYTES
     payload_size: int = protocol.DEFAULT_PAYLOAD
     extended_pong: bool = False
+    pong_format: str = "plain"  # plain, extended or json (protocol.PONG_FORMATS)
+    mask_path: str = ""  # --mask-path, echoed in the JSON pong
+    disk_backed: bool = False  # frames on disk may leave memory (HDF5 output on)
+    on_disk: int = 0  # frames 0 .. on_disk-1 of the current series are in the files
+    #: the highest on_disk seen in this series: frames below it that left memory are
+    #: asked for from the files even after a write failure stopped further spilling
+    disk_readable: int = 0
     current: Series | None = None
     last_series_id: int = 0
     cache: OrderedDict = field(default_factory=OrderedDict)
@@ -97,9 +124,17 @@ class SeriesStore:
     stats: Stats = field(default_factory=Stats)
 
     _lowest: int = field(default=0, repr=False)  # lowest cached frame, NO_FRAME if none
+    #: a frame the last request needed from disk (the I/O layer reads it), or None
+    wanted_from_disk: int | None = None
+    _last_size: int = field(default=0, repr=False)  # the latest frame's bytes
+    _disk_frame: tuple | None = field(default=None, repr=False)  # (series, frame, blob)
 
     def __post_init__(self) -> None:
         self._lowest = NO_FRAME
+        if self.extended_pong and self.pong_format == "plain":
+            self.pong_format = "extended"
+        if self.pong_format not in protocol.PONG_FORMATS:
+            raise ValueError(f"pong format must be one of {', '.join(protocol.PONG_FORMATS)}")
         if not 1 <= self.payload_size <= MAX_PAYLOAD:
             raise ValueError(f"payload size must be 1..{MAX_PAYLOAD}")
 
@@ -124,6 +159,42 @@ class SeriesStore:
         self.cache.clear()
         self.cache_bytes = 0
         self._lowest = NO_FRAME
+        self._disk_frame = None
+        self.on_disk = 0
+        self.disk_readable = 0
+
+    @property
+    def running(self) -> bool:
+        """A series has started and not ended (``--status-port`` says ``running``)."""
+        return self.current is not None and not self.current.ended
+
+    def spill_to_fit(self, nbytes: int) -> int:
+        """Release the lowest cached frames that are on disk until ``nbytes`` fit.
+
+        Only with ``spill`` (HDF5 output); returns the frames released.  A
+        frame still only in memory is never released here."""
+        if not self.disk_backed:
+            return 0
+        self.disk_readable = max(self.disk_readable, self.on_disk)
+        n = 0
+        cache = self.cache
+        while cache and not self.fits(nbytes):
+            k = next(iter(cache))
+            if k >= self.on_disk:
+                break
+            self.cache_bytes -= len(cache.pop(k))
+            n += 1
+        self._lowest = next(iter(cache)) if cache else NO_FRAME
+        self.stats.spilled += n
+        return n
+
+    def set_disk_frame(self, series_id: int, frame: int, blob) -> None:
+        """The blob of ``frame`` read back from the HDF5 files (None: not readable)."""
+        if blob is not None and not isinstance(blob, memoryview):
+            blob = memoryview(blob).cast("B")
+        self._disk_frame = (series_id, frame, blob)
+        if blob is not None:
+            self.stats.served_from_disk += 1
 
     def _evict_below(self, frame: int) -> int:
         if frame <= self._lowest:  # nothing below it (the common case): no work
@@ -145,7 +216,7 @@ class SeriesStore:
     # -- stream side ---------------------------------------------------------
     def on_stream(self, msg) -> tuple[int | None, list[Note]]:
         """Apply one decoded stream message; returns (frame number or None, notes)."""
-        if isinstance(msg, WireError):
+        if isinstance(msg, BadMessage):
             self.stats.skipped_messages += 1
             return None, [Note(logging.WARNING, f"stream: skipped {msg.reason}")]
         if isinstance(msg, Header):
@@ -231,6 +302,7 @@ class SeriesStore:
             self._lowest = number
         self.cache[number] = data
         self.cache_bytes += len(data)
+        self._last_size = len(data)
         self.stats.frames += 1
         if s.frame_count and s.received > s.frame_count:
             notes.append(
@@ -256,7 +328,19 @@ class SeriesStore:
     # -- UDP side ------------------------------------------------------------
     def pong(self) -> bytes:
         s = self.current
-        if self.extended_pong:
+        if self.pong_format == "json":
+            if s is None or s.received == 0:
+                return JsonPong().encode()
+            return JsonPong(
+                s.id,
+                s.frame_count,
+                name=s.name,
+                width=s.shape[1],
+                height=s.shape[0],
+                bits=s.bits,
+                mask_path=self.mask_path,
+            ).encode()
+        if self.pong_format == "extended":
             if s is None or s.received == 0:
                 return ExtendedPong().encode()
             return ExtendedPong(
@@ -272,8 +356,26 @@ class SeriesStore:
         A reply is one ``bytes`` (header and payload joined): on Linux one
         ``sendto`` of a joined buffer costs less than a two-buffer ``sendmsg``.
         """
+        if len(data) == REQUEST_SIZE and data[0] == protocol.PACKET_REQUEST:
+            # the hot path (a stop-and-wait client sends these at wire speed): the
+            # rules are decode_request's and on_request's, without the objects
+            _, frame, start = _unpack_request(data)
+            self.stats.requests += 1
+            blob = self.cache.get(frame)
+            s = self.current
+            if blob is not None and s is not None and start <= len(blob):
+                total = len(blob)
+                payload = blob[start : start + self.payload_size]
+                st = self.stats
+                st.data_replies += 1
+                st.bytes_sent += len(payload)
+                out = _pack_reply(protocol.PACKET_REPLY, 0, frame, start, total) + payload
+                if frame <= self._lowest:
+                    return [out], _NO_NOTES, 0
+                return [out], _NO_NOTES, self._evict_below(frame)
+            self.stats.requests -= 1  # counted again below
         msg = protocol.decode_request(data)
-        if isinstance(msg, WireError):
+        if isinstance(msg, BadDatagram):
             self.stats.bad_datagrams += 1
             return [], [Note(logging.WARNING, f"udp: ignored {msg.reason}")], 0
         if isinstance(msg, Ping):
@@ -289,6 +391,14 @@ class SeriesStore:
             return [], [Note(logging.DEBUG, "udp: packet request with no series: ignored")], 0
         blob = self.cache.get(req.frame)
         notes: list[Note] = []
+        self.wanted_from_disk = None
+        if blob is None and self.disk_backed and req.frame < self.disk_readable:
+            d = self._disk_frame
+            if d is not None and d[0] == s.id and d[1] == req.frame:
+                blob = d[2]  # None: the file could not give it; answered as not cached
+            else:
+                self.wanted_from_disk = req.frame
+                return [], notes, 0
         if blob is None:
             premature = 0
             if s.ended:
@@ -312,5 +422,10 @@ class SeriesStore:
             self.stats.data_replies += 1
             self.stats.bytes_sent += len(payload)
             return [out], notes, self._evict_below(req.frame)
-        evicted = self._evict_below(req.frame)
-        return [out], notes, evicted
+        # an empty reply ("not yet", "ended") releases nothing, with one exception
+        # that keeps a lone client from waiting for ever: the cache is full and
+        # the client asks for exactly the next frame to come, so it has every
+        # cached frame already, and the stream waits for room
+        if not s.ended and req.frame == s.received and not self.fits(self._last_size):
+            return [out], notes, self._evict_below(req.frame)
+        return [out], notes, 0

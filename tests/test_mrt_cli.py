@@ -15,7 +15,7 @@ import pytest
 from common.lock import pid_alive, read_pid
 from mrt.cli import byte_size, zmq_endpoint
 from mrt.client import MrTClient
-from mrt.protocol import ExtendedPong, Pong
+from mrt.protocol import ExtendedPong, JsonPong, Pong
 from mrt.sim import FrameSource
 from tests.support import mrt_rig as harness
 from tests.support import procs
@@ -56,6 +56,16 @@ def test_byte_sizes():
         ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "1",
          "--udp-payload-size", "70000"],
         ["--eiger-zmq-host", "h", "--udp-host", "h", "--udp-port", "1"],  # no abbreviations
+        ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "1",
+         "--extended-pong", "--pong-format", "json"],  # contradicting pong options
+        ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "1",
+         "--pong-format", "xml"],
+        ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "1",
+         "--udp-allow", "10.0.0.300/8"],
+        ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "1",
+         "--status-port", "70000"],
+        ["--eiger-zmq-host-and-port", "h", "--udp-host", "h", "--udp-port", "1",
+         "--config", "/nonexistent/mr_t.conf"],
     ],
 )  # fmt: skip
 def test_usage_errors_exit_2(args):
@@ -168,8 +178,10 @@ def test_client_command_saves_frames(tmp_path):
 
 def test_client_usage_and_no_series():
     up = procs.free_port(socket.SOCK_DGRAM)
-    res = procs.run("mrt.client", f"127.0.0.1:{up}", "-o", "x.npy")
-    assert res.returncode == 2 and b"--extended-pong" in res.stderr
+    res = procs.run("mrt.client", f"127.0.0.1:{up}", "-o", "x.npy", "--pong-format", "plain")
+    assert res.returncode == 2 and b"extended or JSON pongs" in res.stderr
+    res = procs.run("mrt.client", f"127.0.0.1:{up}", "--extended-pong", "--pong-format", "json")
+    assert res.returncode == 2 and b"contradicts" in res.stderr
     res = procs.run("mrt.client", "nohostport")
     assert res.returncode == 2
     res = procs.run("mrt.client", f"127.0.0.1:{up}", "--wait", "0.5", "--timeout", "50")
@@ -179,8 +191,10 @@ def test_client_usage_and_no_series():
 @pytest.mark.parametrize(
     "pong,flags,hint",
     [
-        (ExtendedPong(1, 5, 16, 4, 4, "s"), [], b"use --extended-pong"),
+        (ExtendedPong(1, 5, 16, 4, 4, "s"), ["--pong-format", "plain"], b"send plain pongs"),
         (Pong(1, 5), ["--extended-pong"], b"does the server send extended pongs"),
+        (JsonPong(1, 5, "s", 4, 4, 16), ["--pong-format", "plain"], b"send plain pongs"),
+        (b"\x01" + b"\x00" * 12, [], b"no pong generation fits"),
     ],
 )
 def test_client_says_when_pongs_are_of_the_other_kind(pong, flags, hint):
@@ -198,7 +212,7 @@ def test_client_says_when_pongs_are_of_the_other_kind(pong, flags, hint):
                 except TimeoutError:
                     continue
                 if data[:1] == b"\x00":
-                    srv.sendto(pong.encode(), addr)
+                    srv.sendto(pong if isinstance(pong, bytes) else pong.encode(), addr)
             _, err = p.communicate(timeout=30)
         finally:
             procs.stop(p)

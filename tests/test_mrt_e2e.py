@@ -14,28 +14,11 @@ from mrt import codec, protocol
 from mrt.sim import FrameSource
 from tests.support import mrt_rig as harness
 from tests.support import procs
+from tests.support.mrt_rig import ports, read_log
+
+started = harness.started  # the fixture: processes stopped at teardown
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def started():
-    """Processes started by a test; all stopped at teardown."""
-    ps = []
-    yield ps
-    for p in ps:
-        procs.stop(p)
-
-
-def ports():
-    return procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
-
-
-def read_log(path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
 
 
 def wait_for(pred, timeout=15.0) -> bool:
@@ -78,11 +61,11 @@ def test_every_encoding_and_depth(tmp_path, started, kind, bits):
             assert d.id.read_direct_chunk((1, 0, 0))[1] == src.blob(1)
     with h5py.File(tmp_path / "series_1_master.h5", "r") as f:
         assert f["entry/definition"][()] == b"NXmx"
-        assert f["entry/data/data_000001"].shape == (n, h, w)
+        assert f["entry/instrument/detector/data_files/data_000001"].shape == (n, h, w)
         det = f["entry/instrument/detector"]
         assert det["x_pixel_size"][()] == pytest.approx(75e-6)
         assert det["detectorSpecific/nimages"][()] == n
-        assert det["detectorSpecific/pixel_mask"].shape == (h, w)
+        assert det["pixel_mask"].shape == (h, w) and det["pixel_mask"][0, w // 2] == 1
     assert (master_frames(tmp_path) == [src.pixels(k) for k in range(n)]).all()
 
 
@@ -185,8 +168,8 @@ def test_malformed_udp_and_ping_flood(tmp_path, started):
     p = harness.start_mrt(up, zp, "-l", log)
     started.append(p)
     assert wait_for(lambda: "mr_t started" in read_log(log))
-    send_datagrams(up, [b"\x00"], True)
-    bad = [b"", b"\x00\x00", b"\x01", b"\x02\x00", b"\x02" + b"\x00" * 9, b"\x03" * 20,
+    send_datagrams(up, [b"\x00", b"\x00\x00", b"\x00" + b"pad" * 300], True)  # all pings
+    bad = [b"", b"\x01", b"\x02\x00", b"\x02" + b"\x00" * 9, b"\x03" * 20,
            b"\x07abc", b"\xff" * 3000, protocol.PacketRequest(0, 0).encode()]  # fmt: skip
     send_datagrams(up, bad, False)  # the last: no series yet, so ignored
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -295,6 +278,10 @@ def test_hdf5_full_disk_keeps_serving(tmp_path, started):
     first = harness.fetch_series(up, series_id=1)
     assert len(first.frames) == 12  # UDP unaffected by the failing disk
     assert wait_for(lambda: "File too large" in read_log(log))  # EFBIG logged, not fatal
+    # no partial file under a final name: the failed series' files are renamed away
+    assert wait_for(lambda: "incomplete" in read_log(log) or any(out.glob("*.incomplete")))
+    names = sorted(x.name for x in out.iterdir())
+    assert names and all(x.endswith(".incomplete") for x in names), names
     started.append(harness.start_sim(zp, "--width", 16, "--height", 16, "--frames", 2,
                                      "--series-id", 2))  # fmt: skip
     second = harness.fetch_series(up, series_id=2)

@@ -9,18 +9,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.badinput import BadInput
 from mrt import protocol
 from mrt.protocol import (
+    BadMessage,
     ExtendedPong,
     FrameFetch,
     Header,
     Image,
+    JsonPong,
     PacketReply,
     PacketRequest,
     Ping,
     Pong,
     SeriesEnd,
-    WireError,
 )
 from mrt.series import NO_FRAME, SeriesStore
 
@@ -68,15 +70,80 @@ def test_garbage_datagrams_give_errors_not_exceptions(data):
         protocol.decode_reply(data),
         protocol.decode_reply(data, extended=True),
     ):
-        assert isinstance(msg, WireError | Ping | Pong | ExtendedPong | PacketRequest | PacketReply)
+        assert isinstance(
+            msg,
+            protocol.BadDatagram
+            | Ping
+            | Pong
+            | ExtendedPong
+            | JsonPong
+            | PacketRequest
+            | PacketReply,
+        )
+    for fmt in ("auto", "plain", "extended", "json"):
+        msg = protocol.decode_pong(data, fmt)
+        assert isinstance(msg, protocol.BadDatagram | Pong | ExtendedPong | JsonPong)
 
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\x00\x00", b"\x02" + b"\x00" * 7, b"\x02" + b"\x00" * 9, b"\x01", b"\x03", b"\x09"],
+    [b"", b"\x02" + b"\x00" * 7, b"\x02" + b"\x00" * 9, b"\x01", b"\x03", b"\x09"],
 )
 def test_bad_requests_are_errors(data):
-    assert isinstance(protocol.decode_request(data), WireError)
+    bad = protocol.decode_request(data)
+    assert isinstance(bad, protocol.BadDatagram) and isinstance(bad, BadInput)
+
+
+@pytest.mark.parametrize("data", [b"\x00", b"\x00\x00", b"\x00" * 9, b"\x00junk" * 100])
+def test_any_datagram_starting_with_zero_is_a_ping(data):
+    assert protocol.decode_request(data) == Ping()
+
+
+def test_json_pong_round_trip_and_upstream_form():
+    p = JsonPong(7, 100, name="lyso", width=2068, height=2162, bits=16, mask_path="/m.h5")
+    data = p.encode()
+    sid, count, n = struct.unpack_from(">IIH", data, 1)
+    assert data[0] == 1 and (sid, count, n) == (7, 100, len(data) - 11)
+    text = data[11:].decode("latin-1")
+    inner = json.loads(text)
+    assert isinstance(inner, str)  # the upstream's JSON string holding the object
+    assert json.loads(inner) == {
+        "id": 7,
+        "name": "lyso",
+        "shape": [2162, 2068],
+        "bits_per_pixel": 16,
+        "frame_count": 100,
+        "mask_path": "/m.h5",
+    }
+    for fmt in ("json", "auto"):
+        got = protocol.decode_pong(data, fmt)
+        assert (got.series_id, got.frame_count, got.name, got.width, got.height, got.bits) == (
+            7,
+            100,
+            "lyso",
+            2068,
+            2162,
+            16,
+        )
+        assert got.mask_path == "/m.h5"
+    # a plain JSON object (not double-encoded) is accepted as well
+    obj = json.dumps(p.metadata()).encode()
+    plain = struct.pack(">BIIH", 1, 7, 100, len(obj)) + obj
+    assert protocol.decode_pong(plain, "auto").name == "lyso"
+    # no series: the 11-byte header with length 0
+    assert JsonPong().encode() == b"\x01" + b"\x00" * 10
+    assert protocol.decode_pong(JsonPong().encode(), "auto") == JsonPong()
+    # a name too long for the u16 length is shortened, never a broken datagram
+    long = JsonPong(1, 1, name="x" * 70000, width=1, height=1, bits=8).encode()
+    assert len(long) - 11 <= 0xFFFF and protocol.decode_pong(long, "json").series_id == 1
+
+
+def test_auto_pong_tells_the_generations_apart():
+    assert protocol.decode_pong(Pong(3, 4).encode(), "auto") == Pong(3, 4)
+    x = ExtendedPong(3, 4, 16, 5, 6, "nm")
+    assert protocol.decode_pong(x.encode(), "auto") == x
+    assert protocol.decode_pong(ExtendedPong().encode(), "auto") == ExtendedPong()
+    assert isinstance(protocol.decode_pong(b"\x01" * 13, "auto"), protocol.BadDatagram)
 
 
 # -- stream codec -----------------------------------------------------------------------
@@ -134,7 +201,7 @@ def test_stream_messages_round_trip():
     ],
 )
 def test_bad_stream_messages_are_errors(parts):
-    assert isinstance(protocol.decode_stream(parts), WireError)
+    assert isinstance(protocol.decode_stream(parts), BadMessage)
 
 
 @given(st.lists(st.binary(max_size=60), max_size=10))
@@ -237,7 +304,7 @@ def test_store_rules():
     s.on_stream(SeriesEnd(1))
     assert req(s, 1, 4) == PacketReply(0, 1, 4, 6, b"OP")  # frame 1 still served
     assert req(s, 5) == PacketReply(2, 5, 0, 0)  # ended early: 2 frames were sent
-    assert req(s, 1) == PacketReply(2, 1, 0, 0)  # and frame 1 is released now
+    assert req(s, 1) == PacketReply(0, 1, 0, 6, b"KLMN")  # an empty reply releases nothing
     s.on_stream(hdr(series=2))  # new series drops the cache, next id
     assert pong(s) == Pong(2, 3).encode() and not s.cache
 
@@ -254,8 +321,45 @@ def test_store_bounds_and_eviction():
     assert s.fits(10) and not s.fits(16)  # byte limit
     s.on_stream(img())
     assert not s.has_room()
-    req(s, 5)  # a request for a later frame releases everything below it
-    assert not s.cache and s.cache_bytes == 0 and s.has_room()
+    req(s, 5)  # "not yet" for a frame ahead releases nothing: others may need them
+    assert list(s.cache) == [1, 2]
+    req(s, 2)  # a data reply for frame 2 releases everything below it
+    assert list(s.cache) == [2] and s.has_room()
+
+
+def test_store_released_only_after_a_data_reply():
+    s = SeriesStore()
+    s.on_stream(hdr(10))
+    for _ in range(3):
+        s.on_stream(img())
+    assert req(s, 0xFFFFFFFF) == PacketReply(0, 0xFFFFFFFF, 0, 0)
+    assert list(s.cache) == [0, 1, 2]  # a hostile "frame 2^32-1" releases nothing
+    req(s, 1)
+    assert list(s.cache) == [1, 2]
+
+
+def test_store_disk_backed_spill_and_read_back():
+    s = SeriesStore(byte_limit=32, disk_backed=True)
+    s.on_stream(hdr(10))
+    for _ in range(4):
+        s.on_stream(img(b"01234567"))  # 4 x 8 bytes: full
+    assert not s.fits(8)
+    assert s.spill_to_fit(8) == 0  # nothing on disk yet: nothing leaves memory
+    s.on_disk = 2
+    assert s.spill_to_fit(8) == 1 and list(s.cache) == [1, 2, 3] and s.fits(8)
+    assert s.stats.spilled == 1
+    # frame 0 left memory: the store asks for it from disk, then answers with it
+    replies, _, _ = s.on_datagram(PacketRequest(0, 0).encode())
+    assert replies == [] and s.wanted_from_disk == 0
+    s.set_disk_frame(1, 0, b"DISKDATA")
+    assert req(s, 0) == PacketReply(0, 0, 0, 8, b"DISKDATA")
+    assert s.stats.served_from_disk == 1
+    # a frame the files cannot give is answered as not cached
+    s.spill_to_fit(32)
+    assert 1 not in s.cache
+    s.on_datagram(PacketRequest(1, 0).encode())
+    s.set_disk_frame(1, 1, None)
+    assert req(s, 1) == PacketReply(0, 1, 0, 0)
 
 
 def test_store_odd_streams():
@@ -272,7 +376,7 @@ def test_store_odd_streams():
     s.on_stream(SeriesEnd(1))
     assert s.on_stream(img())[0] is None  # after the end
     assert req(s, 2) == PacketReply(2, 2, 0, 0)
-    _, notes = s.on_stream(WireError("junk"))
+    _, notes = s.on_stream(BadMessage("junk"))
     assert s.stats.skipped_messages == 4 and "junk" in notes[0].text
 
 
@@ -321,7 +425,7 @@ def test_empty_image_is_refused_not_served():
     protocol reserves for "not cached yet": a client would wait for it for ever."""
     parts = protocol.encode_image(1, 0, b"", (2, 2), "uint8", "<")
     msg = protocol.decode_stream(parts)
-    assert isinstance(msg, WireError) and "no data" in msg.reason
+    assert isinstance(msg, BadMessage) and "no data" in msg.reason
     s = SeriesStore()
     s.on_stream(hdr(2))
     s.on_stream(msg)

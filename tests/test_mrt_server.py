@@ -12,8 +12,10 @@ import pytest
 from mrt import hdf5
 from mrt.protocol import Header, Image, SeriesEnd
 from mrt.series import SeriesStore
-from mrt.server import WRITER_QUEUE_FRAMES, Hdf5Writer, Ingest, Shared
+from mrt.server import Hdf5Writer, Ingest, StoreAccess
 from mrt.sim import FrameSource
+
+WRITER_QUEUE_FRAMES_TEST = 64
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.timeout(60)
 def run_ingest(tmp_path, messages) -> None:
     writer = Hdf5Writer(str(tmp_path), 1000, 1 << 30)
     writer.start()
-    ingest = Ingest(Shared(SeriesStore()), writer)
+    ingest = Ingest(StoreAccess(SeriesStore()), writer)
     for msg in messages:
         ingest.apply(msg)
     assert not writer.stop()
@@ -70,12 +72,12 @@ def test_unstorable_config_keys_do_not_lose_the_series(tmp_path):
 def test_writer_queue_is_bounded_and_loses_nothing(tmp_path):
     """A producer faster than the disk blocks at the bound; every frame is written."""
     src = FrameSource(16, 8, 32, "raw", distinct=4)
-    writer = Hdf5Writer(str(tmp_path), 50, 1 << 30)
+    writer = Hdf5Writer(str(tmp_path), 50, 1 << 30, max_frames=WRITER_QUEUE_FRAMES_TEST)
     stop = threading.Event()
     n = 150
     assert writer.put(1, Header(1, "basic", {"nimages": n}), stop)
     for k in range(n):  # the writer thread is not started yet: the queue fills up
-        if k == WRITER_QUEUE_FRAMES:
+        if k == WRITER_QUEUE_FRAMES_TEST:
             assert not writer.has_room()  # full: put would block here
             writer.start()
         assert writer.put(1, Image(1, k, src.shape, src.dtype, src.encoding, src.blob(k)), stop)

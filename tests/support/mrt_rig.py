@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+import socket
 import time
+
+import pytest
 
 from mrt.client import MrTClient, SeriesData
 from tests.support import procs
+
+
+@pytest.fixture
+def started():
+    """Processes a test started; all stopped at teardown (import it into a test module)."""
+    ps: list = []
+    yield ps
+    for p in ps:
+        procs.stop(p)
+
+
+def ports() -> tuple[int, int]:
+    """A free TCP port (ZeroMQ) and a free UDP port on loopback."""
+    return procs.free_port(), procs.free_port(socket.SOCK_DGRAM)
+
+
+def read_log(path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def endpoint(port: int) -> str:

@@ -290,7 +290,9 @@ def test_eleventh_client_is_closed_at_once(marsim, spawn, tmp_path):
 
 def test_connect_disconnect_cycles_leak_nothing(marsim, spawn, tmp_path):
     base, _ = marsim("-r", "100")
-    relay = Relay(spawn, base, log=tmp_path / "log")
+    # a limit above the cycle count: no connection is refused because its
+    # predecessors are still closing on a loaded machine
+    relay = Relay(spawn, base, "--max-clients", "400", log=tmp_path / "log")
     relay.wait_listening()
     assert relay.wait_log("connected (COMMAND")
     time.sleep(0.3)  # the probe's handler thread is gone
@@ -305,8 +307,7 @@ def test_connect_disconnect_cycles_leak_nothing(marsim, spawn, tmp_path):
         t = relay.text()
         return t.count(" disconnected (") == len(re.findall(r"client \S+ connected \(", t)) >= 250
 
-    # every accepted connection was handled and closed (a few may have been
-    # refused at the limit while their predecessors were still closing)
+    # every accepted connection was handled and closed
     assert wait_for(all_gone, 30)
     time.sleep(0.3)  # the last handler threads log before they leave the server's table
     # no handler or writer thread is left behind

@@ -194,17 +194,15 @@ def _discard_pending(sock: socket.socket, frames: LineBuffer) -> int:
 
 def respond(camera: Camera, line: bytes | OverlongLine, peer: str) -> str | None:
     """Reply text for one received line (without newline); None = close (exit)."""
-    if isinstance(line, OverlongLine):
-        msg = f"command line too long ({line.size} bytes, limit {P.MAX_COMMAND_LINE})"
-        log.warning("%s: %s", peer, msg)
-        camera.notify("ERROR", f" {msg}")
-        return P.format_error(msg, camera.longerror)
-    text = P.decode_command_line(line)
-    if text is None:
-        msg = "command contains non-printable or non-ASCII bytes"
-        log.warning("%s: %s: %r", peer, msg, line[:40])
-        camera.notify("ERROR", f" {msg}")
-        return P.format_error(msg, camera.longerror)
+    event = P.overlong(line.size) if isinstance(line, OverlongLine) else P.decode_line(line)
+    if isinstance(event, P.BadInput):
+        host = peer.rsplit(":", 1)[0]
+        camera.limiter.log(
+            f"bad command line from {host}", logging.WARNING, "%s: %s", peer, event.reason
+        )
+        camera.notify("ERROR", f" {event.reason}")
+        return P.format_error(event.reason, camera.longerror)
+    text = event.text
     if not text.strip():
         return ""
     log.info("%s: command %s", peer, text[:200])

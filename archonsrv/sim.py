@@ -1,6 +1,6 @@
 """archonsim: a simulated STA Archon CCD controller on TCP.
 
-It speaks the Archon protocol of :mod:`archonsrv.protocol` (``>xxCMD`` /
+It speaks the Archon protocol of :mod:`archonsrv.archon` (``>xxCMD`` /
 ``<xx...`` / ``?xx``): configuration memory (WCONFIG, RCONFIG, CLEARCONFIG),
 APPLY* and LOAD* commands, parameters (PREPPARAM/LOADPARAM and their FAST
 variants), POWERON/POWEROFF, SYSTEM, STATUS, FRAME, TIMER, FETCHLOG, LOCKn
@@ -30,10 +30,12 @@ import numpy as np
 from common import cli, runtime
 from common.config import MAX_CONFIG_BYTES, ConfigError, read_bounded, read_keyvalue
 from common.framing import OverlongLine
+from common.ratelimit import LogLimiter
 from common.server import ConnectionClosed, LineHandler, ThreadedTCPServer
 
-from . import protocol as P
+from . import archon as A
 from .config import CONFIG_MIN_LINE
+from .controller import ArchonError
 
 log = logging.getLogger("archonsim")
 
@@ -122,9 +124,9 @@ def build_wire(g: SimGeometry, seed: int, frame: int) -> tuple[np.ndarray, int]:
     npix = g.width * g.height
     if g.sample == 0 and not g.rawenable and npix:
         base = _base_image(g.width, g.height, seed).reshape(-1)
-        per = P.BLOCK // 2
-        blocks = P.blocks_for(npix * 2)
-        wire = np.empty((blocks, P.BLOCK_WIRE), dtype=np.uint8)
+        per = A.BLOCK // 2
+        blocks = A.blocks_for(npix * 2)
+        wire = np.empty((blocks, A.BLOCK_WIRE), dtype=np.uint8)
         w16 = wire.view("<u2")  # (blocks, 514): 2 header words, 512 pixels
         full, rest = divmod(npix, per)
         add = np.uint16(frame % 32)
@@ -133,20 +135,20 @@ def build_wire(g: SimGeometry, seed: int, frame: int) -> tuple[np.ndarray, int]:
         if rest:
             w16[full, 2 : 2 + rest] = base[full * per :] + add
             w16[full, 2 + rest :] = 0xFFFF
-        return wire, P.blocks_for(npix * 2) * P.BLOCK
+        return wire, A.blocks_for(npix * 2) * A.BLOCK
     image = synthetic_image(g.width, g.height, seed, frame, g.sample)
     data = image.reshape(-1).view(np.uint8)
-    rawoffset = P.blocks_for(len(data)) * P.BLOCK
+    rawoffset = A.blocks_for(len(data)) * A.BLOCK
     if g.rawenable and g.rawsamples and g.rawlines:
         raw = synthetic_raw(g.rawsamples, g.rawlines, frame).view(np.uint8)
         whole = np.full(rawoffset + len(raw), 0xFF, dtype=np.uint8)
         whole[: len(data)] = data
         whole[rawoffset:] = raw
         data = whole
-    return P.fetch_wire(data, P.blocks_for(len(data))), rawoffset
+    return A.fetch_wire(data, A.blocks_for(len(data))), rawoffset
 
 
-_BUF_FIELDS = dataclasses.fields(P.BufferStatus)
+_BUF_FIELDS = dataclasses.fields(A.BufferStatus)
 
 # ---------------------------------------------------------------------------
 # controller state
@@ -164,7 +166,7 @@ class SimSettings:
 
 
 @dataclass
-class SimBuffer(P.BufferStatus):
+class SimBuffer(A.BufferStatus):
     wire: np.ndarray | None = None  # the buffer as FETCH blocks (image, then raw)
 
 
@@ -257,7 +259,7 @@ class ArchonState:
 
     def _load_params(self) -> None:
         for k, val in self.config.values():
-            entry = P.param_entry(k, val)
+            entry = A.param_entry(k, val)
             if entry is not None:
                 self.params[entry[0]] = entry[1]
 
@@ -265,7 +267,7 @@ class ArchonState:
         return {
             entry[0]
             for k, val in self.config.values()
-            if (entry := P.param_entry(k, val)) is not None
+            if (entry := A.param_entry(k, val)) is not None
         }
 
     # -- commands ----------------------------------------------------------
@@ -285,20 +287,20 @@ class ArchonState:
         if text == "STATUS":
             return self._status()
         if text == "FRAME":
-            return P.format_frame(self._frame())
+            return A.format_frame(self._frame())
         if text == "TIMER":
-            return f"TIMER={P.timer_text(self.ticks())}"
+            return f"TIMER={A.timer_text(self.ticks())}"
         if text == "FETCHLOG":
             return self.fetchlog.popleft() if self.fetchlog else "(null)"
         if text.startswith("WCONFIG"):
-            w = P.parse_wconfig(text)
+            w = A.parse_wconfig(text)
             if w is None:
                 return False
             line, k, v = w
             self.config[line] = (k, v)
             return ""
         if text.startswith("RCONFIG"):
-            line = P.parse_rconfig(text)
+            line = A.parse_rconfig(text)
             if line is None or line not in self.config:
                 return False
             k, v = self.config[line]
@@ -541,10 +543,10 @@ class ArchonState:
             t.join(2.0)
 
     # -- status replies ----------------------------------------------------
-    def _frame(self) -> P.FrameStatus:
-        fs = P.FrameStatus(timer=self.ticks(), rbuf=self.locked, wbuf=self.wbuf)
+    def _frame(self) -> A.FrameStatus:
+        fs = A.FrameStatus(timer=self.ticks(), rbuf=self.locked, wbuf=self.wbuf)
         for b in self.buffers:
-            fs.buffers.append(P.BufferStatus(**{f.name: getattr(b, f.name) for f in _BUF_FIELDS}))
+            fs.buffers.append(A.BufferStatus(**{f.name: getattr(b, f.name) for f in _BUF_FIELDS}))
         return fs
 
     def _system(self) -> str:
@@ -567,7 +569,7 @@ class ArchonState:
             mods[f"MOD{slot}_ID"] = sysd.get(f"MOD{slot}_ID", f"{0x1000 + slot:016X}")
         items["MOD_PRESENT"] = f"{present:X}"
         items.update(mods)
-        return P.format_kv(items)
+        return A.format_kv(items)
 
     def _status(self) -> str:
         on = self.power == 4
@@ -596,10 +598,10 @@ class ArchonState:
                 items[f"MOD{slot}/TEMPA"] = "-99.875"
                 items[f"MOD{slot}/TEMPB"] = "-100.125"
                 items[f"MOD{slot}/TEMPC"] = "21.000"
-        return P.format_kv(items)
+        return A.format_kv(items)
 
     def _fetch(self, text: str):
-        parsed = P.parse_fetch(text)
+        parsed = A.parse_fetch(text)
         if parsed is None:
             return False
         addr, blocks = parsed
@@ -614,10 +616,10 @@ class ArchonState:
                 off = addr - b.base
                 if b.wire is not None and off == 0 and blocks == len(b.wire):
                     return FetchReply(blocks, wire=b.wire)
-                src = b.wire[:, P.BLOCK_HEADER :].reshape(-1) if b.wire is not None else None
+                src = b.wire[:, A.BLOCK_HEADER :].reshape(-1) if b.wire is not None else None
                 if src is None:
                     src = np.empty(0, np.uint8)
-                return FetchReply(blocks, payload=src[off : off + blocks * P.BLOCK])
+                return FetchReply(blocks, payload=src[off : off + blocks * A.BLOCK])
         self._log(f"FETCH address {addr:08X} outside the frame buffers")
         return False
 
@@ -628,7 +630,7 @@ class ArchonState:
 
 
 class ArchonHandler(LineHandler):
-    max_line = P.MAX_ARCHON_LINE
+    max_line = A.MAX_ARCHON_LINE
 
     def handle(self) -> None:
         state: ArchonState = self.server.state
@@ -638,22 +640,34 @@ class ArchonHandler(LineHandler):
             except (ConnectionClosed, TimeoutError):
                 return
             if isinstance(line, OverlongLine):
-                log.warning("%s: overlong command (%d bytes) ignored", self.peer, line.size)
+                self.server.limiter.log(
+                    f"overlong command from {self.peer}",
+                    logging.WARNING,
+                    "%s: overlong command (%d bytes) ignored",
+                    self.peer,
+                    line.size,
+                )
                 continue
-            cmd = P.decode_command(line)
-            if cmd is None:
-                log.debug("%s: garbled command %r ignored", self.peer, line[:60])
+            cmd = A.decode_command(line)
+            if isinstance(cmd, A.BadInput):
+                self.server.limiter.log(
+                    f"garbled command from {self.peer}",
+                    logging.DEBUG,
+                    "%s: %s ignored",
+                    self.peer,
+                    cmd.reason,
+                )
                 continue
             reply = state.handle(cmd.text)
             if reply is None:
                 log.debug("%s: no reply to %r", self.peer, cmd.text[:60])
                 continue
             if reply is False:
-                ok = self.send(P.encode_error(cmd.ref))
+                ok = self.send(A.encode_error(cmd.ref))
             elif isinstance(reply, FetchReply):
                 ok = self._send_fetch(cmd.ref, reply, state)
             else:
-                ok = self.send(P.encode_reply(cmd.ref, reply))
+                ok = self.send(A.encode_reply(cmd.ref, reply))
             if not ok:
                 return
 
@@ -664,14 +678,10 @@ class ArchonHandler(LineHandler):
             state.faults.discard("FETCHDROP")
             state.faults.discard("FETCHSHORT")
         with state.fetch_lock:
-            if reply.wire is not None:
-                P.set_fetch_headers(reply.wire, ref)
-                data = memoryview(reply.wire.reshape(-1))
-            else:
-                data = memoryview(P.encode_fetch_reply(ref, reply.payload, reply.blocks))
+            data = fetch_bytes(ref, reply)
             if not (drop or short):
                 return self.send(data)
-            half = (reply.blocks // 2) * P.BLOCK_WIRE + P.BLOCK_WIRE // 3
+            half = (reply.blocks // 2) * A.BLOCK_WIRE + A.BLOCK_WIRE // 3
             self.send(data[:half])
         if drop:
             log.info("%s: SIMFAULT FETCHDROP: connection closed mid-FETCH", self.peer)
@@ -682,6 +692,92 @@ class ArchonHandler(LineHandler):
             return False
         log.info("%s: SIMFAULT FETCHSHORT: FETCH reply cut short", self.peer)
         return True
+
+
+def fetch_bytes(ref: int, reply: FetchReply) -> memoryview:
+    """The wire bytes of a FETCH reply (call with the state's fetch_lock held)."""
+    if reply.wire is not None:
+        A.set_fetch_headers(reply.wire, ref)
+        return memoryview(reply.wire.reshape(-1))
+    return memoryview(A.encode_fetch_reply(ref, reply.payload, reply.blocks))
+
+
+class SimLink:
+    """An in-process link from camerad's controller layer to an :class:`ArchonState`.
+
+    It has the methods of :class:`~archonsrv.controller.ArchonClient` and
+    passes every command and reply through the wire encoder and decoder of
+    :mod:`archonsrv.archon`, without a socket: the camera engine can be
+    driven in-process (``Controller(SimLink(state))``).
+    """
+
+    def __init__(self, state: ArchonState) -> None:
+        self.state = state
+        self.lock = threading.RLock()
+        self.wanted = False
+        self._open = False
+        self._ref = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def connect(self, host: str, port: int) -> None:
+        with self.lock:
+            self._open = self.wanted = True
+
+    def close(self) -> None:
+        with self.lock:
+            self._open = self.wanted = False
+
+    def abort(self) -> None:
+        self.wanted = False
+
+    def _exchange(self, text: str):
+        if not self._open:
+            if not self.wanted:
+                raise ArchonError("not connected to the Archon (use open)")
+            self._open = True
+        self._ref = (self._ref + 1) & 0xFF
+        stream = A.CommandStream()
+        stream.feed(A.encode_command(self._ref, text))
+        cmd = stream.next_event()
+        if not isinstance(cmd, A.ArchonCommand):
+            raise ArchonError(f"cannot encode {text[:30]!r}")
+        word = text.split(" ")[0][:30]
+        reply = self.state.handle(cmd.text)
+        if reply is None:
+            raise ArchonError(f"no reply from Archon to {word}")
+        if reply is False:
+            raise ArchonError(f"Archon error reply to {word}")
+        return cmd.ref, reply
+
+    def command(self, text: str, timeout: float | None = None) -> str:
+        with self.lock:
+            ref, reply = self._exchange(text)
+            if isinstance(reply, FetchReply):
+                raise ArchonError("binary reply to a text command")
+            stream = A.ReplyStream()
+            stream.feed(A.encode_reply(ref, reply))
+            return stream.next_event().text
+
+    def fetch(self, address: int, blocks: int, progress=None, sink=None):
+        with self.lock:
+            ref, reply = self._exchange(A.fetch_command(address, blocks))
+            if not isinstance(reply, FetchReply):
+                raise ArchonError("FETCH answered with text")
+            dec = A.FetchDecoder(ref, blocks)
+            with self.state.fetch_lock:
+                data = fetch_bytes(ref, reply)
+                while not dec.done:
+                    chunk = data[dec.received : dec.received + (1 << 20)]
+                    if not len(chunk):
+                        raise ArchonError(f"FETCH short at block {dec.checked} of {blocks}")
+                    dec.writable()[: len(chunk)] = chunk
+                    dec.advance(len(chunk))
+                    if sink is not None and dec.checked > dec.delivered:
+                        sink(dec.take())
+            return None if sink is not None else dec.payload()
 
 
 class ArchonSim(runtime.Service):
@@ -698,6 +794,7 @@ class ArchonSim(runtime.Service):
             (self.args.host, self.port), ArchonHandler, name="archonsim", max_connections=8
         )
         self.server.state = self.state
+        self.server.limiter = LogLimiter(log)
         return [self.server]
 
     def start(self) -> None:

@@ -8,8 +8,8 @@ from astropy.io import fits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from archonsrv import fitsio
-from archonsrv import protocol as P
+from archonsrv import archon as A
+from archonsrv.camera import fitsio
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,14 +28,14 @@ def test_streamed_equals_whole(tmp_path_factory, bitpix, shift, width, height, c
     rng = np.random.default_rng(seed)
     dtype = np.uint16 if bitpix == 16 else np.uint32
     image = rng.integers(0, np.iinfo(dtype).max, size=(height, width), dtype=dtype, endpoint=True)
-    wire = P.fetch_wire(image, P.blocks_for(image.nbytes))
+    wire = A.fetch_wire(image, A.blocks_for(image.nbytes))
     cards = [("OBSERVER", "x", "who"), ("EXPTIME", 5, "ms")]
     f = fitsio.AtomicFits(d, "s.fits")
     s = f.stream_image(width, height, bitpix, shift, cards)
     pos, i = 0, 0
     while pos < len(wire):
         n = cuts[i % len(cuts)]
-        s.feed(wire[pos : pos + n, P.BLOCK_HEADER :])
+        s.feed(wire[pos : pos + n, A.BLOCK_HEADER :])
         pos += n
         i += 1
     streamed = s.finish()
@@ -54,7 +54,7 @@ def test_streamed_equals_whole(tmp_path_factory, bitpix, shift, width, height, c
 def test_failed_stream_leaves_nothing(tmp_path):
     f = fitsio.AtomicFits(tmp_path, "x.fits")
     s = f.stream_image(10, 10, 16, 0, [])
-    s.feed(np.zeros((0, P.BLOCK), np.uint8))
+    s.feed(np.zeros((0, A.BLOCK), np.uint8))
     with pytest.raises(fitsio.FitsWriteError, match="short"):
         s.finish()
     assert list(tmp_path.iterdir()) == []

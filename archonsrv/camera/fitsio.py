@@ -25,7 +25,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 
-from . import protocol as P
+from .. import protocol as P
 
 log = logging.getLogger("camerad.fits")
 

@@ -5,12 +5,16 @@ It speaks the Archon protocol of :mod:`archonsrv.archon` (``>xxCMD`` /
 APPLY* and LOAD* commands, parameters (PREPPARAM/LOADPARAM and their FAST
 variants), POWERON/POWEROFF, SYSTEM, STATUS, FRAME, TIMER, FETCHLOG, LOCKn
 and FETCH.  Writing a value N > 0 to the exposure parameter starts N
-exposures: the ``exptime`` parameter in real time, then a readout that fills
-a frame buffer line by line over 90 % of READOUT_TIME (visible in FRAME),
-with a synthetic image (bias, gradient, stars, noise; deterministic for a
-seed and frame number).  Unknown commands get no reply, as on the real
-controller.  Two extensions help tests: ``SIMFAULT name`` arms a one-shot
-fault and ``SIMTRIGGER`` acts as a pulse on the TRIGIN input.
+exposures: the exposure-time parameter (name and unit configurable) in real
+time, then a readout that fills a frame buffer line by line over 90 % of
+READOUT_TIME (visible in FRAME), with a synthetic image (bias, gradient,
+stars, noise; deterministic for a seed and frame number).  HOLDTIMING stops
+all progress until RELEASETIMING; an optional readout parameter defers the
+readout, an optional abort parameter ends an integration.  Parameter names
+match in any case.  Unknown command words get no reply, as on the real
+controller; malformed forms of known commands get ``?xx``.  Two extensions
+help tests: ``SIMFAULT name`` arms a fault and ``SIMTRIGGER`` acts as a
+pulse on the TRIGIN input.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ log = logging.getLogger("archonsim")
 DEFAULT_PORT = 4242
 DEFAULT_READOUT_MS = 500
 DEFAULT_SEED = 1
-FAULTS = ("FETCHDROP", "FETCHSHORT", "NOREADOUT", "NOREPLY")
+FAULTS = ("FETCHDROP", "FETCHSHORT", "NOREADOUT", "NOREPLY", "POWERBAD")
 
 DEFAULT_SYSTEM = {
     "BACKPLANE_TYPE": "2",
@@ -159,7 +163,11 @@ _BUF_FIELDS = dataclasses.fields(A.BufferStatus)
 class SimSettings:
     seed: int = DEFAULT_SEED
     readout_ms: int = DEFAULT_READOUT_MS
-    expose_param: str = "Expose"
+    expose_param: str = "Expose"  # exposure count: N > 0 starts N exposures
+    exptime_param: str = "exptime"  # integration time ...
+    exptime_unit_ms: float = 1.0  # ... in units of this many ms (IntCS: 10)
+    readout_param: str = ""  # if set, read out after integrating only when it is non-zero
+    abort_param: str = ""  # if set, a non-zero value ends the integration early
     trigin_expose_param: str = "TrigExpose"
     trigin_readout_param: str = "TrigReadout"
     system: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SYSTEM))
@@ -196,7 +204,10 @@ class ArchonState:
         self.settings = settings
         self.lock = threading.RLock()
         self.config: dict[int, tuple[str, str]] = {}
-        self.params: dict[str, str] = {}  # values in effect in the timing core
+        self.params: dict[str, str] = {}  # upper-case name -> value in the timing core
+        self.pending = False  # an integrated frame waits for a readout
+        self.held = threading.Event()  # HOLDTIMING: the timing core makes no progress
+        self._abort = threading.Event()  # the abort parameter is non-zero
         self.power = 1  # not configured
         self.geom = SimGeometry()
         self.buffers: list[SimBuffer] = []
@@ -261,11 +272,12 @@ class ArchonState:
         for k, val in self.config.values():
             entry = A.param_entry(k, val)
             if entry is not None:
-                self.params[entry[0]] = entry[1]
+                self.params[entry[0].upper()] = entry[1]
 
     def _param_names(self) -> set[str]:
+        """Parameter names in upper case: clients may spell them in any case."""
         return {
-            entry[0]
+            entry[0].upper()
             for k, val in self.config.values()
             if (entry := A.param_entry(k, val)) is not None
         }
@@ -275,7 +287,7 @@ class ArchonState:
         """Reply text, a FetchReply, False for an error reply, None for no reply."""
         with self.lock:
             self.count += 1
-            if "NOREPLY" in self.faults and not text.startswith("SIM"):
+            if "NOREPLY" in self.faults and not text.upper().startswith("SIM"):
                 self.faults.discard("NOREPLY")
                 return None
             return self._dispatch(text)
@@ -301,21 +313,23 @@ class ArchonState:
             return ""
         if text.startswith("RCONFIG"):
             line = A.parse_rconfig(text)
-            if line is None or line not in self.config:
+            if line is None:
                 return False
+            if line not in self.config:
+                return ""  # an unused line reads back empty, as on the hardware
             k, v = self.config[line]
             return f"{k}={v}"
         if text == "CLEARCONFIG":
             self.config.clear()
             return ""
-        if text in (
-            "POLLOFF",
-            "POLLON",
-            "APPLYSYSTEM",
-            "RESETTIMING",
-            "HOLDTIMING",
-            "RELEASETIMING",
-        ):
+        if text in ("POLLOFF", "POLLON", "APPLYSYSTEM", "RESETTIMING"):
+            return ""
+        if text == "HOLDTIMING":
+            self.held.set()
+            return ""
+        if text == "RELEASETIMING":
+            self.held.clear()
+            self._maybe_read_pending()
             return ""
         if text == "APPLYALL":
             self._apply_geometry()
@@ -333,10 +347,9 @@ class ArchonState:
         if text == "LOADPARAMS":
             self._load_params()
             return ""
-        if len(text) == 10 and text.startswith(("APPLYMOD", "APPLYDIO")):
-            try:
-                int(text[8:], 16)
-            except ValueError:
+        if text.startswith(("APPLYMOD", "APPLYDIO")):
+            if A.parse_module_suffix(text[8:]) is None:
+                self._log(f"{text[:8]}: bad module number")
                 return False
             return ""
         if text == "POWERON":
@@ -350,10 +363,10 @@ class ArchonState:
             return ""
         if word in ("PREPPARAM", "FASTPREPPARAM", "LOADPARAM", "FASTLOADPARAM"):
             return self._param_command(word, text)
-        if text.startswith("LOCK") and text[4:].isdigit() and len(text) == 5:
-            n = int(text[4:])
-            if n > len(self.buffers):
+        if text.startswith("LOCK"):
+            if not (text[4:].isdigit() and len(text) == 5) or int(text[4:]) > len(self.buffers):
                 return False
+            n = int(text[4:])
             self.locked = n
             if n == 0:
                 self._start_prebuild()
@@ -366,6 +379,7 @@ class ArchonState:
             arg = text[9:].strip().upper()
             if arg == "NONE":
                 self.faults.clear()
+                self._log("faults cleared")
                 return ""
             if arg not in FAULTS:
                 return False
@@ -379,9 +393,10 @@ class ArchonState:
         parts = text.split()
         if len(parts) != 3:
             return False
-        name, value = parts[1], parts[2]
+        given, value = parts[1], parts[2]
+        name = given.upper()
         if name not in self._param_names():
-            self._log(f"{word}: unknown parameter {name}")
+            self._log(f"{word}: unknown parameter {given}")
             return False
         try:
             int(value, 0)
@@ -391,12 +406,43 @@ class ArchonState:
         if word in ("PREPPARAM", "FASTPREPPARAM"):
             return ""
         self.params[name] = value
-        if name == self.settings.expose_param:
+        s = self.settings
+        if name == s.expose_param.upper():
             if int(value, 0) > 0:
                 self._start_exposures()
             else:
                 self._cancel.set()  # the timing script stops integrating (abort)
+        elif s.abort_param and name == s.abort_param.upper():
+            if int(value, 0):
+                self._abort.set()  # integration ends now; readout as the readout parameter says
+            else:
+                self._abort.clear()
+        elif s.readout_param and name == s.readout_param.upper():
+            self._maybe_read_pending()
         return ""
+
+    def _readout_wanted(self) -> bool:
+        s = self.settings
+        return not s.readout_param or self._param_int(s.readout_param) != 0
+
+    def _maybe_read_pending(self) -> None:
+        """Read out a pending frame once allowed (readout parameter set, timing released)."""
+        if (
+            self.pending
+            and not self.held.is_set()
+            and self._readout_wanted()
+            and self._thread is None
+            and self._param_int(self.settings.expose_param) <= 0
+        ):
+            self.pending = False
+            self._start_exposures("readout")
+
+    def _exptime_s(self) -> float:
+        s = self.settings
+        unit = s.exptime_unit_ms / 1000.0
+        if self._param_int("longexposure"):
+            unit = 1.0  # camerad's ACF convention: exptime in seconds
+        return max(0, self._param_int(s.exptime_param)) * unit
 
     # -- exposures ---------------------------------------------------------
     def _start_exposures(self, trig: str | None = None) -> None:
@@ -416,15 +462,15 @@ class ArchonState:
 
     def _trigger(self):
         s = self.settings
-        if int(self.params.get(s.trigin_expose_param, "0") or 0) > 0:
+        if self._param_int(s.trigin_expose_param) > 0:
             self._start_exposures(s.trigin_expose_param)
-        elif int(self.params.get(s.trigin_readout_param, "0") or 0) > 0:
+        elif self._param_int(s.trigin_readout_param) > 0:
             self._start_exposures("readout")
         return ""
 
     def _param_int(self, name: str) -> int:
         try:
-            return int(self.params.get(name, "0"), 0)
+            return int(self.params.get(name.upper(), "0"), 0)
         except ValueError:
             return 0
 
@@ -432,6 +478,8 @@ class ArchonState:
         me = threading.current_thread()
         try:
             while not self._stop.is_set():
+                if not self._hold_wait():
+                    return
                 with self.lock:
                     name = trig if trig not in (None, "readout") else self.settings.expose_param
                     if trig == "readout":
@@ -441,13 +489,19 @@ class ArchonState:
                         if n <= 0:
                             self._thread = None
                             return
-                        self.params[name] = str(n - 1)
-                        unit = 1.0 if self._param_int("longexposure") else 0.001
-                        exptime_s = max(0, self._param_int("exptime")) * unit
+                        self.params[name.upper()] = str(n - 1)
+                        exptime_s = self._exptime_s()
+                        self.pending = False
                 if exptime_s and self._wait(exptime_s):
                     with self.lock:
                         self._cancel.clear()  # cancelled: look at the parameter again
                     continue
+                if trig is None:
+                    with self.lock:
+                        if not self._readout_wanted():
+                            self.pending = True
+                            self._log("integration done; readout pending")
+                            continue
                 self._readout()
                 if trig is not None:
                     with self.lock:
@@ -458,14 +512,32 @@ class ArchonState:
                 if self._thread is me:
                     self._thread = None
 
+    def _hold_wait(self) -> bool:
+        """Wait while the timing core is held; False when stopped."""
+        while self.held.is_set():
+            if self._stop.wait(0.01):
+                return False
+        return not self._stop.is_set()
+
     def _wait(self, seconds: float) -> bool:
-        """Sleep; True when stopped or the exposure was cancelled meanwhile."""
-        deadline = time.monotonic() + seconds
+        """Integrate (time passes only while not held); True when stopped or cancelled.
+
+        A non-zero abort parameter ends the integration early (False: go on).
+        """
+        left = seconds
+        last = time.monotonic()
         while True:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            if not self.held.is_set():
+                left -= now - last
+            last = now
             if left <= 0:
                 return False
-            if self._stop.wait(min(left, 0.05)) or self._cancel.is_set():
+            if self._abort.is_set():
+                with self.lock:
+                    self._log("integration ended by the abort parameter")
+                return False
+            if self._stop.wait(min(left, 0.02)) or self._cancel.is_set():
                 with self.lock:
                     self._log("exposure cancelled")
                 return True
@@ -488,10 +560,14 @@ class ArchonState:
             fault = "NOREADOUT" in self.faults
             self.faults.discard("NOREADOUT")
             duration = 0.9 * self.settings.readout_ms / 1000.0
-        t0 = time.monotonic()
         wire, rawoffset = self._take_wire(g, frame_no)
+        elapsed = 0.0
+        last = time.monotonic()
         while True:
-            elapsed = time.monotonic() - t0
+            now = time.monotonic()
+            if not self.held.is_set():  # no progress while the timing core is held
+                elapsed += now - last
+            last = now
             with self.lock:
                 frac = 1.0 if duration <= 0 else min(1.0, elapsed / duration)
                 buf.lines = int(g.height * frac)
@@ -502,7 +578,7 @@ class ArchonState:
                 return
             if frac >= 1.0:
                 break
-            if self._stop.wait(min(0.02, duration - elapsed)):
+            if self._stop.wait(max(0.001, min(0.02, duration - elapsed))):
                 return
         with self.lock:
             buf.wire = wire
@@ -578,7 +654,8 @@ class ArchonState:
             "COUNT": self.count,
             "LOG": len(self.fetchlog),
             "POWER": self.power,
-            "POWERGOOD": 1 if on else 0,
+            # the supplies' health, not the on/off state (SIMFAULT POWERBAD)
+            "POWERGOOD": 0 if "POWERBAD" in self.faults else 1,
             "OVERHEAT": 0,
             "BACKPLANE_TEMP": "31.250",
         }
@@ -631,6 +708,12 @@ class ArchonState:
 
 class ArchonHandler(LineHandler):
     max_line = A.MAX_ARCHON_LINE
+
+    def setup(self) -> None:
+        super().setup()
+        # replies go out at once, as the controller's do: a client with many
+        # commands in flight must not wait for delayed ACKs (Nagle)
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def handle(self) -> None:
         state: ArchonState = self.server.state
@@ -808,7 +891,10 @@ class ArchonSim(runtime.Service):
         with self.state.lock:
             self.state.settings = settings
         self.settings = settings
-        return f"READOUT_TIME={settings.readout_ms} EXPOSE_PARAM={settings.expose_param}"
+        return (
+            f"READOUT_TIME={settings.readout_ms} EXPOSE_PARAM={settings.expose_param} "
+            f"EXPTIME={settings.exptime_param}x{settings.exptime_unit_ms:g}ms"
+        )
 
     def stop(self) -> int:
         self.state.stop()
@@ -828,6 +914,16 @@ def read_system_file(path: str) -> dict[str, str]:
     return out
 
 
+def _unit_ms(text: str, where: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 < v <= 3_600_000:
+        raise ConfigError(f"{where}: exposure time unit must be a number of ms > 0: {text!r}")
+    return v
+
+
 def load_settings(args) -> tuple[SimSettings, int]:
     s = SimSettings()
     port = DEFAULT_PORT
@@ -840,6 +936,9 @@ def load_settings(args) -> tuple[SimSettings, int]:
             ("EXPOSE_PARAM", "expose_param"),
             ("TRIGIN_EXPOSE_PARAM", "trigin_expose_param"),
             ("TRIGIN_READOUT_PARAM", "trigin_readout_param"),
+            ("EMULATOR_EXPTIME_PARAM", "exptime_param"),
+            ("EMULATOR_READOUT_PARAM", "readout_param"),
+            ("ABORT_PARAM", "abort_param"),
         ):
             if kv.get(key):
                 setattr(s, attr, kv.get(key))
@@ -857,6 +956,8 @@ def load_settings(args) -> tuple[SimSettings, int]:
                 port = n
             else:
                 s.seed = n
+        if kv.get("EMULATOR_EXPTIME_UNIT"):
+            s.exptime_unit_ms = _unit_ms(kv.get("EMULATOR_EXPTIME_UNIT"), cfgfile)
         if kv.get("EMULATOR_SYSTEM"):
             p = Path(kv.get("EMULATOR_SYSTEM"))
             system_file = str(p if p.is_absolute() else base / p)
@@ -868,6 +969,11 @@ def load_settings(args) -> tuple[SimSettings, int]:
         s.expose_param = args.expose_param
     if args.seed is not None:
         s.seed = args.seed
+    for attr in ("exptime_param", "readout_param", "abort_param"):
+        if getattr(args, attr):
+            setattr(s, attr, getattr(args, attr))
+    if args.exptime_unit is not None:
+        s.exptime_unit_ms = _unit_ms(args.exptime_unit, "--exptime-unit")
     if args.system:
         system_file = args.system
     if system_file:
@@ -902,6 +1008,30 @@ def build_parser():
     )
     p.add_argument(
         "--expose-param", dest="expose_param", metavar="NAME", help="exposure parameter name"
+    )
+    p.add_argument(
+        "--exptime-param",
+        dest="exptime_param",
+        metavar="NAME",
+        help="parameter holding the integration time (default EMULATOR_EXPTIME_PARAM or exptime)",
+    )
+    p.add_argument(
+        "--exptime-unit",
+        dest="exptime_unit",
+        metavar="MS",
+        help="milliseconds per unit of that parameter (default EMULATOR_EXPTIME_UNIT or 1)",
+    )
+    p.add_argument(
+        "--readout-param",
+        dest="readout_param",
+        metavar="NAME",
+        help="read out after integrating only while this parameter is non-zero (default: always)",
+    )
+    p.add_argument(
+        "--abort-param",
+        dest="abort_param",
+        metavar="NAME",
+        help="a non-zero value of this parameter ends the integration (default ABORT_PARAM)",
     )
     p.add_argument("--system", metavar="FILE", help=".system file describing the modules")
     cli.add_runtime_args(

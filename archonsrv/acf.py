@@ -3,8 +3,11 @@
 An ACF is the controller's configuration as the Archon GUI saves it.  This
 module parses it into a :class:`Acf` (lines in order, the ``[SYSTEM]`` keys,
 ``[MODE_x]`` sections) and derives the image :class:`Geometry` of a mode.
-Errors name the file and line, never quote the file's content: a reply or
-log line must not disclose what a file holds (see :mod:`common.badinput`).
+Errors name the file, the line number and the rule broken, and never quote
+the file's content (a key, a value, a section name): camerad sends them to
+clients, who must not learn what a file holds (see :mod:`common.badinput`).
+Key names that the rules themselves name (``PIXELCOUNT``, ``ARCH:HORI_AMPS``)
+are not file content.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ def parse_acf(text: str, source: str = "<acf>") -> Acf:
     acf = Acf()
     section = ""
     mode: Mode | None = None
+    mode_lines: dict[str, int] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith((";", "#")):
@@ -87,11 +91,12 @@ def parse_acf(text: str, source: str = "<acf>") -> Acf:
                 if name == "RAW":
                     raise AcfError(f"{source}:{lineno}: mode name RAW is reserved")
                 if name in acf.modes:
-                    raise AcfError(f"{source}:{lineno}: duplicate mode {name}")
+                    raise AcfError(f"{source}:{lineno}: duplicate mode section")
                 mode = acf.modes[name] = Mode(name)
+                mode_lines[name] = lineno
             continue
         if "=" not in line:
-            raise AcfError(f"{source}:{lineno}: expected KEY=VALUE, got {line[:60]!r}")
+            raise AcfError(f"{source}: line {lineno} is not KEY=VALUE")
         key, value = line.split("=", 1)
         if section == "CONFIG":
             acf.lines.append(normalize_acf_line(key, value))
@@ -102,7 +107,7 @@ def parse_acf(text: str, source: str = "<acf>") -> Acf:
             kind, _, rest = line.partition(":")
             kind = kind.strip().upper()
             if "=" not in rest:
-                raise AcfError(f"{source}:{lineno}: expected {kind}:KEY=VALUE")
+                raise AcfError(f"{source}: line {lineno} is not TYPE:KEY=VALUE")
             k, v = rest.split("=", 1)
             if kind == "ACF":
                 k, v = normalize_acf_line(k, v)
@@ -113,7 +118,7 @@ def parse_acf(text: str, source: str = "<acf>") -> Acf:
                 val, _, comment = v.partition("/")
                 mode.fits[k.strip().upper()[:8]] = (val.strip(), comment.strip())
             else:
-                raise AcfError(f"{source}:{lineno}: unknown mode line type {kind!r}")
+                raise AcfError(f"{source}: line {lineno}: mode line type is not ACF, ARCH or FITS")
     if not acf.lines:
         raise AcfError(f"{source}: no [CONFIG] section")
     if len(acf.lines) > 0xFFFF:
@@ -123,7 +128,10 @@ def parse_acf(text: str, source: str = "<acf>") -> Acf:
     for m in acf.modes.values():
         for k in m.acf:
             if k not in idx and k not in params:
-                raise AcfError(f"{source}: mode {m.name}: ACF:{k} is not in [CONFIG]")
+                raise AcfError(
+                    f"{source}: mode section at line {mode_lines[m.name]}: "
+                    "an ACF: key is not in [CONFIG]"
+                )
     if "DEFAULT" not in acf.modes:
         raise AcfError(f"{source}: no [MODE_DEFAULT] section")
     for m in acf.modes.values():
@@ -188,9 +196,9 @@ def _int_key(values: dict[str, str], key: str, lo: int = 0) -> int:
     try:
         v = int(values[key])
     except ValueError:
-        raise AcfError(f"ACF key {key} is not an integer: {values[key]!r}") from None
+        raise AcfError(f"ACF key {key} is not an integer") from None
     if v < lo:
-        raise AcfError(f"ACF key {key} must be >= {lo}: {v}")
+        raise AcfError(f"ACF key {key} must be >= {lo}")
     return v
 
 

@@ -80,6 +80,10 @@ class CameraConfig:
     amps_as_cube: bool = False
     dirmode: int = 0o755
     logstderr: bool = True
+    firmware_dirs_raw: str = ""  # FIRMWARE_DIRS as written ("" = the default)
+    allow: list[str] = field(default_factory=list)  # ALLOW: client networks ([] = all)
+    blk_max_connections: int = 8  # the client served + 7 waiting
+    nb_max_connections: int = 64
     arrays: dict[str, dict[str, str]] = field(default_factory=dict)
     applied: list[str] = field(default_factory=list)  # "KEY=VALUE" in file order
 
@@ -91,6 +95,23 @@ class CameraConfig:
             return str(p) if value else ""
         base = Path(self.source).resolve().parent if self.source[:1] != "<" else Path.cwd()
         return str(base / p)
+
+    def firmware_dirs(self) -> list[Path]:
+        """Directories that load, loadtiming and systemfile may name (resolved).
+
+        FIRMWARE_DIRS (colon-separated, relative to the configuration file),
+        else the directory of DEFAULT_FIRMWARE and that of the configuration
+        file.
+        """
+        if self.firmware_dirs_raw:
+            names = [d for d in self.firmware_dirs_raw.split(":") if d.strip()]
+            return [Path(self.resolve(d.strip())).resolve() for d in names]
+        out: list[Path] = []
+        if self.default_firmware:
+            out.append(Path(self.default_firmware).resolve().parent)
+        if self.source[:1] != "<":
+            out.append(Path(self.source).resolve().parent)
+        return out
 
     @property
     def async_enabled(self) -> bool:
@@ -138,12 +159,14 @@ _PORT_KEYS = {
     "NBPORT": "nbport",
     "ASYNCPORT": "asyncport",
 }
+MAX_CONNECTIONS = 4096
 KNOWN_KEYS = (
     set(_STRING_KEYS)
     | set(_PATH_KEYS)
     | set(_BOOL_KEYS)
     | set(_PORT_KEYS)
     | {"HDR_SHIFT", "READOUT_TIME", "TM_ZONE", "DIRMODE"}
+    | {"FIRMWARE_DIRS", "ALLOW", "BLK_MAX_CONNECTIONS", "NB_MAX_CONNECTIONS"}
 )
 
 
@@ -196,6 +219,21 @@ def from_keyvalue(kv: KeyValueConfig) -> CameraConfig:
                 cfg.dirmode = int(value, 8) | 0o700
             except ValueError:
                 raise ConfigError(f"{where}: DIRMODE must be octal digits, got {value!r}") from None
+        elif key == "FIRMWARE_DIRS":
+            cfg.firmware_dirs_raw = value
+        elif key == "ALLOW":
+            cfg.allow = [n for n in value.replace(",", " ").split() if n]
+            for net in cfg.allow:
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    raise ConfigError(
+                        f"{where}: ALLOW: {net!r} is not a network (CIDR) or address"
+                    ) from None
+        elif key == "BLK_MAX_CONNECTIONS":
+            cfg.blk_max_connections = _int(key, value, 1, MAX_CONNECTIONS, where)
+        elif key == "NB_MAX_CONNECTIONS":
+            cfg.nb_max_connections = _int(key, value, 1, MAX_CONNECTIONS, where)
         elif key in IGNORED_KEYS:
             continue
         else:

@@ -1,11 +1,14 @@
 """camerad's socket layer: blocking port, non-blocking port, async multicast.
 
-* BLKPORT: one client at a time (up to 7 more wait their turn, further ones
-  are closed with a log line), kept open, telnet-friendly; one command at a time, and
-  lines that arrive while a command runs are discarded, as the original
-  documents.
-* NBPORT: one command per connection, a thread each, the reply, then close;
-  a connection that sends no complete line within 3 s is closed.
+* BLKPORT: one client at a time (up to BLK_MAX_CONNECTIONS - 1 more wait
+  their turn, further ones are closed with a log line), kept open,
+  telnet-friendly; one command at a time, and lines that arrive while a
+  command runs are discarded, as the original documents.
+* NBPORT: one command per connection, a thread each (at most
+  NB_MAX_CONNECTIONS), the reply, then close; a connection that sends no
+  complete line within 3 s is closed.
+* Both: clients outside ALLOW are closed at once; refusals are logged
+  through a LogLimiter.
 * ASYNCPORT/ASYNCGROUP: ``TAG:message`` datagrams, never blocking the
   sender; multicast (TTL 2, loopback on) or, for a unicast ASYNCGROUP
   address, plain UDP to that address.
@@ -23,7 +26,8 @@ import time
 
 from common import runtime
 from common.framing import LineBuffer, OverlongLine
-from common.server import LineHandler, ThreadedTCPServer
+from common.ratelimit import LogLimiter
+from common.server import LineHandler, ThreadedTCPServer, address_allowed, parse_allow
 
 from . import config as C
 from . import protocol as P
@@ -32,8 +36,44 @@ from .camera import Camera
 log = logging.getLogger("camerad")
 
 NB_TIMEOUT = 3.0
-NB_MAX_CONNECTIONS = 64
-BLK_MAX_WAITING = 7
+
+
+class CommandPortServer(ThreadedTCPServer):
+    """BLKPORT or NBPORT: ALLOW and the connection limit, refusals logged rate-limited."""
+
+    limiter: LogLimiter
+
+    def configure(self, allow: list[str], max_connections: int) -> None:
+        """Apply ALLOW and the limit (at start and on SIGHUP)."""
+        self.allow = parse_allow(allow)
+        self.max_connections = max_connections
+
+    def verify_request(self, request, client_address) -> bool:
+        host = client_address[0]
+        if not address_allowed(host, self.allow):
+            self.refused += 1
+            self.limiter.log(
+                f"{self.name}: refused {host} (ALLOW)",
+                logging.WARNING,
+                "%s: refused connection from %s (not in ALLOW)",
+                self.name,
+                host,
+            )
+            return False
+        if self.stopping:
+            return False
+        if self.client_count() >= self.max_connections:
+            self.refused += 1
+            self.limiter.log(
+                f"{self.name}: refused {host} (limit)",
+                logging.WARNING,
+                "%s: refused connection from %s (already %d connections, the limit)",
+                self.name,
+                host,
+                self.max_connections,
+            )
+            return False
+        return True
 
 
 class AsyncSender:
@@ -278,27 +318,29 @@ class Camerad(runtime.Service):
     def bind(self):
         addr = self.cfg.bindaddr
         # one client is served at a time; a few more wait their turn (as in the
-        # listen backlog of the original), beyond that they are refused
-        self.blk = ThreadedTCPServer(
-            (addr, self.cfg.blkport),
-            BlockingHandler,
-            name="blocking port",
-            max_connections=BLK_MAX_WAITING + 1,
+        # listen backlog of the original), beyond BLK_MAX_CONNECTIONS they are refused
+        self.blk = CommandPortServer(
+            (addr, self.cfg.blkport), BlockingHandler, name="blocking port"
         )
         self.blk.slot = threading.Semaphore(1)
         try:
-            self.nb = ThreadedTCPServer(
-                (addr, self.cfg.nbport),
-                NonBlockingHandler,
-                name="non-blocking port",
-                max_connections=NB_MAX_CONNECTIONS,
+            self.nb = CommandPortServer(
+                (addr, self.cfg.nbport), NonBlockingHandler, name="non-blocking port"
             )
         except OSError:
             self.blk.server_close()
             raise
         for srv in (self.blk, self.nb):
             srv.camera = self.camera
+            srv.limiter = self.camera.limiter
+        self._configure_ports(self.cfg)
         return [self.blk, self.nb]
+
+    def _configure_ports(self, cfg: C.CameraConfig) -> None:
+        self.blk.configure(cfg.allow, cfg.blk_max_connections)
+        self.nb.configure(cfg.allow, cfg.nb_max_connections)
+        if cfg.allow:
+            log.info("command ports accept clients from %s only", ", ".join(cfg.allow))
 
     def start(self) -> None:
         self.sender.configure(self.cfg)
@@ -326,6 +368,7 @@ class Camerad(runtime.Service):
         if new.logpath != self.cfg.logpath:
             log.warning("LOGPATH change needs a restart; still logging to %s", self.cfg.logpath)
         self.cfg = new
+        self._configure_ports(new)
         self.camera.apply_config(new)
         self.sender.configure(new)
         for item in new.applied:

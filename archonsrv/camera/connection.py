@@ -59,8 +59,25 @@ def isopen(cam: Camera, args: str) -> str:
 
 
 def confined_path(cam: Camera, name: str, what: str) -> str:
-    """The path a client named for ``what`` (confinement comes with FIRMWARE_DIRS)."""
-    return name
+    """``name`` (relative to the configuration file) if it lies in FIRMWARE_DIRS.
+
+    The check is on the resolved path (symbolic links and ``..`` followed),
+    so no spelling reaches outside; the error names the path the client
+    gave, never anything read from a file.
+    """
+    path = Path(cam.cfg.resolve(name))
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError):
+        real = None
+    if real is not None:
+        for d in cam.cfg.firmware_dirs():
+            if real.is_relative_to(d):
+                return str(path)
+    cam.limiter.log(
+        f"{what} outside FIRMWARE_DIRS", logging.WARNING, "refused %s %s", what, name[:200]
+    )
+    raise CommandError(f"{what} {name[:200]} is not in a directory allowed by FIRMWARE_DIRS")
 
 
 @command("load", needs=(OPEN,))

@@ -64,6 +64,8 @@ def check_ready(cam: Camera) -> ACF.Geometry:
 
 def plan(cam: Camera, n: int, pre: int, timed: bool, wait_forever: bool, write=True):
     geom = check_ready(cam)
+    if write:
+        headers.check_writable(cam)
     return ExposurePlan(n, pre, timed, wait_forever, write, geom, cam.mode or "")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +39,28 @@ def target_dir(cam: Camera, start: float) -> Path:
     except OSError as exc:
         raise CommandError(f"cannot create image directory {d}: {exc.strerror}") from None
     return d
+
+
+def probe_writable(path: Path) -> None:
+    """Create and remove a file in ``path``; OSError if that is not possible."""
+    fd, probe = tempfile.mkstemp(prefix=".camerad-probe-", dir=path)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_writable(cam: Camera) -> None:
+    """The image directory of an exposure starting now exists and takes a file.
+
+    Checked before the exposure starts, so that a missing or read-only IMDIR
+    costs an ERROR reply, not an exposure lost after its readout.
+    """
+    d = target_dir(cam, time.time())
+    try:
+        probe_writable(d)
+    except OSError as exc:
+        raise CommandError(
+            f"cannot write to image directory {d} ({exc.strerror or exc}); no exposure taken"
+        ) from None
 
 
 def name_for(cam: Camera, start: float) -> str:

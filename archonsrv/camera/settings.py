@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from .. import protocol as P
@@ -115,13 +113,6 @@ def preexposures(cam: Camera, args: str) -> str:
     return str(cam.preexposures)
 
 
-def probe_writable(path: Path) -> None:
-    """Create and remove a file in ``path``; OSError if that is not possible."""
-    fd, probe = tempfile.mkstemp(prefix=".camerad-probe-", dir=path)
-    os.close(fd)
-    os.unlink(probe)
-
-
 @command("imdir")
 def imdir(cam: Camera, args: str) -> str:
     if not args:
@@ -129,7 +120,7 @@ def imdir(cam: Camera, args: str) -> str:
     path = Path(cam.cfg.resolve(args.strip()))
     try:
         path.mkdir(parents=True, exist_ok=True, mode=cam.cfg.dirmode)
-        probe_writable(path)
+        headers.probe_writable(path)
     except OSError as exc:
         raise CommandError(
             f"image directory {args[:200]} not usable: {exc.strerror or exc}", value=cam.imdir

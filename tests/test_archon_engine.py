@@ -7,6 +7,9 @@ commands and replies still pass through the Archon wire encoder/decoder.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -83,3 +86,50 @@ def test_expose_in_process_writes_the_simulated_frame(engine, tmp_path):
     # the simulated controller saw the exposure parameter (2 frames) and both readouts
     assert state.framecount == 2
     assert cam.execute("test busy") == "false DONE"
+
+
+def verify_fits(path) -> None:
+    """CHECKSUM/DATASUM in every HDU, correct for astropy and (if installed) fitsverify."""
+    with fits.open(path, checksum=True) as hdul:
+        for hdu in hdul:
+            assert hdu.verify_datasum() == 1 and hdu.verify_checksum() == 1, (path, hdu.name)
+    exe = shutil.which("fitsverify")
+    if exe is not None:  # Debian package fitsverify; exit status = errors + warnings
+        res = subprocess.run([exe, "-q", str(path)], capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_every_kind_of_file_verifies(engine, tmp_path):
+    cam, notes, state = engine
+    for line in ("open", "load", "exptime 0", "fitsnaming number", "hdrshift 4"):
+        assert cam.execute(line).endswith("DONE"), line
+    assert cam.execute("expose") == "DONE"  # streamed single image
+    assert cam.execute("datacube true") == "true DONE"
+    assert cam.execute("expose 2") == "DONE"  # one file, an extension per frame
+    assert cam.execute("datacube false") == "false DONE"
+    assert cam.execute("cubeamps true") == "true DONE"
+    assert cam.execute("expose") == "DONE"  # an extension per amplifier
+    assert cam.execute("cubeamps false") == "false DONE"
+    assert cam.execute("mode HDR") == "HDR DONE"
+    assert cam.execute("expose") == "DONE"  # 32-bit, streamed
+    files = sorted(tmp_path.glob("image_*.fits"))
+    assert len(files) == 4
+    for f in files:
+        verify_fits(f)
+    with fits.open(files[1]) as hdul:
+        assert len(hdul) == 3 and hdul[2].header["EXTNAME"] == "2"
+
+
+def test_image_and_raw_file_when_rawenable(engine, tmp_path):
+    cam, notes, state = engine
+    for line in ("open", "load", "exptime 0", "fitsnaming number", "cds RAWENABLE 1"):
+        assert cam.execute(line).endswith("DONE"), line
+    assert cam.execute("expose") == "DONE"
+    (path,) = tmp_path.glob("image_*.fits")
+    verify_fits(path)
+    with fits.open(path) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "RAW"]
+        n = hdul[0].header["FRAMENUM"]
+        assert np.array_equal(hdul[0].data, sim.synthetic_image(256, 256, sim.DEFAULT_SEED, n))
+        assert hdul["RAW"].header["FRAMENUM"] == n
+        assert np.array_equal(hdul["RAW"].data, sim.synthetic_raw(400, 64, n).reshape(64, 400))

@@ -6,6 +6,9 @@
   (``cubeamps``);
 * :class:`CubeSink`: one file for the whole sequence, an extension per frame
   (``datacube`` with more than one exposure);
+* :class:`ImageRawSink`: RAWENABLE=1 in an image mode: the image, then the
+  raw samples of the same buffer as extension ``RAW`` (the original's
+  IMAGE+RAW file);
 * :class:`NullSink`: read the frames, write nothing (``test bw``).
 
 Every file is written under a temporary name and renamed when complete
@@ -24,7 +27,7 @@ from .. import acf as ACF
 from .. import archon as A
 from ..controller import ArchonError
 from . import fitsio, headers
-from .core import Camera
+from .core import Camera, CommandError
 
 log = logging.getLogger("camerad")
 
@@ -206,10 +209,54 @@ class CubeSink(Sink):
             self.cube = None
 
 
+class ImageRawSink(Sink):
+    """The image as primary HDU and the raw samples as extension RAW, one file per frame."""
+
+    def __init__(self, cam: Camera, plan) -> None:
+        super().__init__(cam, plan)
+        try:
+            self.raw_geom = ACF.compute_geometry(
+                cam.values(), cam.acf.modes["DEFAULT"].arch, raw=True
+            )
+        except ACF.AcfError as exc:
+            raise CommandError(f"RAWENABLE=1: {exc}") from None
+
+    def frame(self, k, start, keys, buf) -> None:
+        cam, geom = self.cam, self.geom
+        image = self.read(buf)
+        raw = read_frame(cam, buf, self.raw_geom)
+        f, name = open_file(cam, start, keys, buf, write_primary=False)
+        try:
+            f.primary(
+                fitsio.pixels(image, geom.bitpix, cam.hdrshift),
+                headers.cards(cam, name, buf, start, keys),
+            )
+            f.extension(
+                raw,
+                [
+                    ("EXTNAME", "RAW", "raw samples of the same frame buffer"),
+                    ("RAWSEL", cam.values().get("RAWSEL", ""), "raw channel"),
+                    ("FRAMENUM", buf.frame, "Archon frame number"),
+                ],
+            )
+            path = f.commit()
+        except BaseException:
+            f.discard()
+            cam.notify("FILE", f"{f.directory / name} ERROR")
+            raise
+        file_done(cam, path)
+
+
+def raw_enabled(cam: Camera, plan) -> bool:
+    return not plan.raw and cam.values().get("RAWENABLE", "0") == "1"
+
+
 def choose(cam: Camera, plan) -> Sink:
     if not plan.write:
         return NullSink(cam, plan)
     if not cam.cubeamps and not (cam.datacube and plan.n > 1):
+        if raw_enabled(cam, plan):
+            return ImageRawSink(cam, plan)
         return StreamedSink(cam, plan)
     if cam.datacube and not cam.cubeamps and plan.n > 1:
         return CubeSink(cam, plan)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -38,8 +39,6 @@ IGNORED_KEYS = {
     "EMULATOR_READOUT_PARAM",
     "ABORT_PARAM",
     "WRITE_TAPINFO_TO_FITS",
-    "TZ_ENV",
-    "TM_ZONE_LOG",
 }
 
 
@@ -75,6 +74,8 @@ class CameraConfig:
     asyncif: str = ""  # extension: interface address for outgoing multicast
     bindaddr: str = ""  # extension: listen address of BLKPORT/NBPORT ("" = all)
     tm_zone: str = "UTC"  # "UTC" or "local"
+    tm_zone_log: str = ""  # "UTC", "local" or "" (= tm_zone): time zone of the log
+    tz_env: str = ""  # TZ environment value that defines "local" ("" = the host's)
     daemon: bool = False
     longerror: bool = False
     amps_as_cube: bool = False
@@ -112,6 +113,16 @@ class CameraConfig:
         if self.source[:1] != "<":
             out.append(Path(self.source).resolve().parent)
         return out
+
+    @property
+    def log_utc(self) -> bool:
+        return (self.tm_zone_log or self.tm_zone) != "local"
+
+    def apply_tz(self) -> None:
+        """Set TZ (TZ_ENV) for this process, so that "local" means that zone."""
+        if self.tz_env and os.environ.get("TZ") != self.tz_env:
+            os.environ["TZ"] = self.tz_env
+            time.tzset()
 
     @property
     def async_enabled(self) -> bool:
@@ -165,7 +176,7 @@ KNOWN_KEYS = (
     | set(_PATH_KEYS)
     | set(_BOOL_KEYS)
     | set(_PORT_KEYS)
-    | {"HDR_SHIFT", "READOUT_TIME", "TM_ZONE", "DIRMODE"}
+    | {"HDR_SHIFT", "READOUT_TIME", "TM_ZONE", "TM_ZONE_LOG", "TZ_ENV", "DIRMODE"}
     | {"FIRMWARE_DIRS", "ALLOW", "BLK_MAX_CONNECTIONS", "NB_MAX_CONNECTIONS"}
 )
 
@@ -206,14 +217,20 @@ def from_keyvalue(kv: KeyValueConfig) -> CameraConfig:
             cfg.hdr_shift = _int(key, value, 0, 31, where)
         elif key == "READOUT_TIME":
             cfg.readout_time = _int(key, value, 0, 24 * 3600 * 1000, where)
-        elif key == "TM_ZONE":
+        elif key in ("TM_ZONE", "TM_ZONE_LOG"):
             v = value.strip().lower()
             if v in ("gmt", "utc"):
-                cfg.tm_zone = "UTC"
+                zone = "UTC"
             elif v == "local":
-                cfg.tm_zone = "local"
+                zone = "local"
             else:
-                raise ConfigError(f"{where}: TM_ZONE must be GMT, UTC or local, got {value!r}")
+                raise ConfigError(f"{where}: {key} must be GMT, UTC or local, got {value!r}")
+            setattr(cfg, key.lower(), zone)
+        elif key == "TZ_ENV":
+            tz = value.strip()
+            if not tz or not all(33 <= ord(c) < 127 for c in tz) or len(tz) > 200:
+                raise ConfigError(f"{where}: TZ_ENV must be a TZ value without spaces")
+            cfg.tz_env = tz
         elif key == "DIRMODE":
             try:
                 cfg.dirmode = int(value, 8) | 0o700

@@ -365,6 +365,11 @@ class Camerad(runtime.Service):
                 self.cfg.nbport,
                 self.cfg.bindaddr,
             )
+        if new.log_utc != self.cfg.log_utc:
+            log.warning("TM_ZONE_LOG change needs a restart; the log keeps its time zone")
+        if new.tz_env and new.tz_env != self.cfg.tz_env:
+            new.apply_tz()
+            log.info("TZ_ENV: local time is now %s", new.tz_env)
         if new.logpath != self.cfg.logpath:
             log.warning("LOGPATH change needs a restart; still logging to %s", self.cfg.logpath)
         self.cfg = new

@@ -12,7 +12,7 @@ from tests.support.archon_rig import Rig
 
 pytestmark = pytest.mark.timeout(90)
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def _near(stamp: dt.datetime, offset_hours: int) -> bool:

@@ -7,6 +7,7 @@ commands and replies still pass through the Archon wire encoder/decoder.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -133,3 +134,37 @@ def test_image_and_raw_file_when_rawenable(engine, tmp_path):
         assert np.array_equal(hdul[0].data, sim.synthetic_image(256, 256, sim.DEFAULT_SEED, n))
         assert hdul["RAW"].header["FRAMENUM"] == n
         assert np.array_equal(hdul["RAW"].data, sim.synthetic_raw(400, 64, n).reshape(64, 400))
+
+
+def test_test_timer_reports_and_sends_async(engine):
+    cam, notes, state = engine
+    assert cam.execute("test timer").startswith("ERROR")  # needs open
+    assert cam.execute("open") == "DONE"
+    reply = cam.execute("test timer 4 1000")
+    assert re.fullmatch(r"mean=-?\d+\.\d stddev=\d+\.\d us DONE", reply), reply
+    timer = [m for t, m in notes if t == "TEST_TIMER"]
+    assert len(timer) == 4  # 3 intervals and the summary
+    assert all(re.fullmatch(r"\d archon=\S+ host=\S+ diff=\S+", m) for m in timer[:3])
+    assert cam.execute("test timer 1").startswith("ERROR")  # at least 2 samples
+
+
+def test_readframe_writeframe(engine, tmp_path):
+    cam, notes, state = engine
+    for line in ("open", "load", "exptime 0", "fitsnaming number"):
+        assert cam.execute(line).endswith("DONE"), line
+    assert cam.execute("writeframe") == "ERROR"  # nothing held yet
+    assert cam.execute("readframe").startswith("ERROR")  # no frame in the buffers yet
+    assert cam.execute("expose") == "DONE"
+    reply = cam.execute("readframe")
+    number = int(reply.split()[0])
+    assert reply == f"{number} DONE" and number == state.framecount
+    assert cam.execute("readframe 3").startswith("ERROR")  # an empty buffer
+    first = cam.execute("writeframe").split()[0]
+    second = cam.execute("writeframe").split()[0]
+    assert first != second
+    for path in (first, second):
+        verify_fits(path)
+        with fits.open(path) as hdul:
+            assert hdul[0].header["FRAMENUM"] == number
+            expected = sim.synthetic_image(256, 256, sim.DEFAULT_SEED, number)
+            assert np.array_equal(hdul[0].data, expected)

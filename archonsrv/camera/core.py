@@ -97,6 +97,7 @@ class Camera:
         self.userkeys: dict[str, P.UserKey] = {}
         self.last_error = ""
         self.exposing = False
+        self.held_frame: tuple | None = None  # readframe's frame, for writeframe
         self.apply_config(cfg)
 
     # -- configuration -----------------------------------------------------

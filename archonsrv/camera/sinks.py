@@ -139,8 +139,11 @@ class AmpsSink(Sink):
     """One file per frame; with cubeamps an extension per amplifier."""
 
     def frame(self, k, start, keys, buf) -> None:
+        self.write(start, keys, buf, self.read(buf))
+
+    def write(self, start, keys, buf, image) -> Path:
+        """Write one frame already in memory; return its path."""
         cam, geom = self.cam, self.geom
-        image = self.read(buf)
         f, name = open_file(cam, start, keys, buf, write_primary=False)
         try:
             pix = fitsio.pixels(image, geom.bitpix, cam.hdrshift)
@@ -166,6 +169,7 @@ class AmpsSink(Sink):
             cam.notify("FILE", f"{f.directory / name} ERROR")
             raise
         file_done(cam, path)
+        return path
 
 
 class CubeSink(Sink):

@@ -133,6 +133,30 @@ def async_message(tag: str, message: str) -> bytes:
 MAX_DATAGRAM = 8192
 
 
+@dataclass(frozen=True)
+class AsyncMessage:
+    """One async datagram: ``TAG:message`` (a datagram without a colon has tag "")."""
+
+    tag: str
+    text: str
+
+    def line(self) -> str:
+        return f"{self.tag}:{self.text}" if self.tag else self.text
+
+
+def decode_async(data: bytes) -> AsyncMessage | NotText:
+    """A received async datagram; :class:`NotText` for non-ASCII or control bytes."""
+    if len(data) > MAX_DATAGRAM:
+        return NotText(f"datagram longer than {MAX_DATAGRAM} bytes", len(data))
+    text = decode_command_line(data)
+    if text is None:
+        return NotText("datagram is not printable ASCII", len(data))
+    tag, sep, rest = text.partition(":")
+    if not sep or not tag or " " in tag:
+        return AsyncMessage("", text)
+    return AsyncMessage(tag, rest)
+
+
 def native_async_lines(command: str, reply: str) -> list[str]:
     """``CMD:BEGIN``, one ``CMD:token`` per reply token, ``CMD:END``."""
     word = command.split()[0].upper() if command.split() else command

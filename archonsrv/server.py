@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import queue
 import socket
 import socketserver
 import threading
@@ -39,9 +40,70 @@ NB_TIMEOUT = 3.0
 
 
 class CommandPortServer(ThreadedTCPServer):
-    """BLKPORT or NBPORT: ALLOW and the connection limit, refusals logged rate-limited."""
+    """BLKPORT or NBPORT: ALLOW and the connection limit, refusals logged rate-limited.
+
+    With ``pooled`` (NBPORT) connections are served by worker threads that
+    are kept and reused, never more than the connection limit: a one-shot
+    connection then costs no thread start.  Each accepted connection is
+    assigned a free worker or, when none is free, a new one, so no
+    connection waits for another to finish.
+    """
 
     limiter: LogLimiter
+    pooled = False
+
+    def __init__(self, *args, pooled: bool = False, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.pooled = pooled
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._pool_lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+        self._free = 0
+
+    def process_request(self, request, client_address) -> None:
+        if not self.pooled:
+            super().process_request(request, client_address)
+            return
+        self.accepted += 1
+        with self._clients_lock:
+            self._clients[request] = None
+        with self._pool_lock:
+            if self._free:
+                self._free -= 1
+            else:
+                self._workers = [t for t in self._workers if t.is_alive()]
+                t = threading.Thread(target=self._work, name=f"{self.name}-worker", daemon=True)
+                self._workers.append(t)
+                t.start()
+        self._jobs.put((request, client_address))
+
+    def _work(self) -> None:
+        me = threading.current_thread()
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            request, client_address = job
+            with self._clients_lock:
+                if request in self._clients:
+                    self._clients[request] = me
+            self.process_request_thread(request, client_address)
+            with self._pool_lock:
+                # keep at most as many idle workers as connections allowed
+                if self._free >= self.max_connections or self.stopping:
+                    return
+                self._free += 1
+
+    def stop(self, timeout: float = 1.5) -> int:
+        self._stopping.set()
+        with self._pool_lock:
+            workers = list(self._workers)
+        for _ in workers:
+            self._jobs.put(None)  # idle workers end; busy ones after their client
+        left = super().stop(timeout)
+        for t in workers:
+            t.join(0.1)
+        return left
 
     def configure(self, allow: list[str], max_connections: int) -> None:
         """Apply ALLOW and the limit (at start and on SIGHUP)."""
@@ -245,10 +307,10 @@ def respond(camera: Camera, line: bytes | OverlongLine, peer: str) -> str | None
     text = event.text
     if not text.strip():
         return ""
-    log.info("%s: command %s", peer, text[:200])
+    log.debug("%s: command %s", peer, text[:200])
     reply = camera.execute(text)
-    if reply is not None:
-        log.info("%s: reply %s", peer, reply[:200])
+    # one line per command (command and reply): the log is on the NB port's hot path
+    log.info("%s: %s -> %s", peer, text[:200], "(exit)" if reply is None else reply[:200])
     return reply
 
 
@@ -258,12 +320,18 @@ class NonBlockingHandler(LineHandler):
     max_line = P.MAX_COMMAND_LINE
     timeout = NB_TIMEOUT
 
+    def setup(self) -> None:
+        # no SocketReader: the command is read by _read_command
+        self.peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        self.request.settimeout(NB_TIMEOUT)
+
     def handle(self) -> None:
         camera: Camera = self.server.camera
         line = self._read_command()
         if line is None:
             return
-        self.request.settimeout(None)
+        # the reply goes out with the socket timeout still NB_TIMEOUT: a
+        # client that does not read its reply cannot hold the thread
         reply = respond(camera, line, self.peer)
         if reply is None:
             return
@@ -279,16 +347,21 @@ class NonBlockingHandler(LineHandler):
         sock: socket.socket = self.request
         frames = LineBuffer(max_line=P.MAX_COMMAND_LINE)
         deadline = time.monotonic() + NB_TIMEOUT
+        first = True  # the socket timeout is NB_TIMEOUT already (setup)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                log.info(
+                self.server.limiter.log(
+                    f"non-blocking port: silent client {self.client_address[0]}",
+                    logging.INFO,
                     "non-blocking port: %s sent no complete line in %g s; closed",
                     self.peer,
                     NB_TIMEOUT,
                 )
                 return None
-            sock.settimeout(left)
+            if not first:
+                sock.settimeout(left)
+            first = False
             try:
                 data = sock.recv(65536)
             except TimeoutError:
@@ -325,7 +398,7 @@ class Camerad(runtime.Service):
         self.blk.slot = threading.Semaphore(1)
         try:
             self.nb = CommandPortServer(
-                (addr, self.cfg.nbport), NonBlockingHandler, name="non-blocking port"
+                (addr, self.cfg.nbport), NonBlockingHandler, name="non-blocking port", pooled=True
             )
         except OSError:
             self.blk.server_close()

@@ -91,7 +91,7 @@ class CommandStream:
         """Forget complete and partial lines; return how many were dropped."""
         dropped = len(self._ready)
         self._ready.clear()
-        if len(self.frames) or self.frames.discarding:
+        if len(self.frames):  # (an overlong line being skipped stays skipped)
             dropped += 1
             self.frames.feed(b"\n")
             self._ready.clear()

@@ -26,7 +26,6 @@ import threading
 import time
 
 from common import runtime
-from common.framing import LineBuffer, OverlongLine
 from common.ratelimit import LogLimiter
 from common.server import LineHandler, ThreadedTCPServer, address_allowed, parse_allow
 
@@ -240,7 +239,7 @@ class BlockingHandler(socketserver.BaseRequestHandler):
         camera: Camera = self.server.camera
         sock: socket.socket = self.request
         log.info("blocking port: connection from %s", peer)
-        frames = LineBuffer(max_line=P.MAX_COMMAND_LINE)
+        stream = P.CommandStream()
         while True:
             try:
                 data = sock.recv(65536)
@@ -248,18 +247,27 @@ class BlockingHandler(socketserver.BaseRequestHandler):
                 break
             if not data:
                 break
-            lines = frames.feed(data)
-            if not lines:
+            stream.feed(data)
+            event = stream.next_event()
+            if event is None:
                 continue
-            if len(lines) > 1:
-                log.warning("blocking port: %d command(s) ignored (sent together)", len(lines) - 1)
-            reply = respond(camera, lines[0], peer)
+            together = stream.pending_lines()
+            if together:
+                self.server.limiter.log(
+                    f"blocking port: commands sent together by {self.client_address[0]}",
+                    logging.WARNING,
+                    "blocking port: %d command(s) ignored (sent together)",
+                    together,
+                )
+            reply = respond(camera, event, peer)
             if reply is None:
                 return
             # lines that arrived while the command ran are ignored (documented)
-            ignored = _discard_pending(sock, frames)
+            ignored = _discard_pending(sock, stream) - together
             if ignored:
-                log.warning(
+                self.server.limiter.log(
+                    f"blocking port: commands sent early by {self.client_address[0]}",
+                    logging.WARNING,
                     "blocking port: %d command(s) sent before the previous one completed ignored",
                     ignored,
                 )
@@ -271,9 +279,8 @@ class BlockingHandler(socketserver.BaseRequestHandler):
         log.info("blocking port: %s disconnected", peer)
 
 
-def _discard_pending(sock: socket.socket, frames: LineBuffer) -> int:
-    """Drop what arrived while a command ran; return the number of lines dropped."""
-    dropped = 0
+def _discard_pending(sock: socket.socket, stream: P.CommandStream) -> int:
+    """Drop what is buffered or arrived while a command ran; return the lines dropped."""
     sock.setblocking(False)
     try:
         for _ in range(1024):
@@ -285,18 +292,14 @@ def _discard_pending(sock: socket.socket, frames: LineBuffer) -> int:
                 break
             if not data:
                 break
-            dropped += len(frames.feed(data))
+            stream.feed(data)
     finally:
         sock.setblocking(True)
-    if len(frames):
-        dropped += 1
-        frames.feed(b"\n")  # drop the partial line too
-    return dropped
+    return stream.clear()  # complete lines and a partial one
 
 
-def respond(camera: Camera, line: bytes | OverlongLine, peer: str) -> str | None:
-    """Reply text for one received line (without newline); None = close (exit)."""
-    event = P.overlong(line.size) if isinstance(line, OverlongLine) else P.decode_line(line)
+def respond(camera: Camera, event: P.CommandLine | P.BadInput, peer: str) -> str | None:
+    """Reply text for one command line (without newline); None = close (exit)."""
     if isinstance(event, P.BadInput):
         host = peer.rsplit(":", 1)[0]
         camera.limiter.log(
@@ -337,7 +340,7 @@ class NonBlockingHandler(LineHandler):
             return
         self.send_line(reply)
 
-    def _read_command(self) -> bytes | OverlongLine | None:
+    def _read_command(self) -> P.CommandLine | P.BadInput | None:
         """The first line, if it is complete within NB_TIMEOUT of the connection.
 
         The 3 s bound the whole line, not each read: a client trickling a
@@ -345,7 +348,7 @@ class NonBlockingHandler(LineHandler):
         as the command (``echo -n cmd | nc``).
         """
         sock: socket.socket = self.request
-        frames = LineBuffer(max_line=P.MAX_COMMAND_LINE)
+        stream = P.CommandStream()
         deadline = time.monotonic() + NB_TIMEOUT
         first = True  # the socket timeout is NB_TIMEOUT already (setup)
         while True:
@@ -369,12 +372,11 @@ class NonBlockingHandler(LineHandler):
             except OSError:
                 return None
             if not data:
-                if frames.discarding:
-                    return OverlongLine(frames.discarding)
-                return frames.pending() or None
-            lines = frames.feed(data)
-            if lines:
-                return lines[0]
+                return stream.at_eof()
+            stream.feed(data)
+            event = stream.next_event()
+            if event is not None:
+                return event
 
 
 class Camerad(runtime.Service):

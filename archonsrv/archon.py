@@ -139,25 +139,23 @@ class _LineStream:
             del self._buf[: idx + 1]
             return line
 
+    def next_event(self):
+        line = self._next_line()
+        if line is None or isinstance(line, BadInput):
+            return line
+        return self.decode(line)
+
 
 class CommandStream(_LineStream):
     """Controller side: bytes in, :class:`ArchonCommand` or :class:`BadInput` out."""
 
-    def next_event(self) -> ArchonCommand | BadInput | None:
-        line = self._next_line()
-        if line is None or isinstance(line, BadInput):
-            return line
-        return decode_command(line)
+    decode = staticmethod(decode_command)
 
 
 class ReplyStream(_LineStream):
     """Client side: bytes in, :class:`ArchonReply` or :class:`BadInput` out."""
 
-    def next_event(self) -> ArchonReply | BadInput | None:
-        line = self._next_line()
-        if line is None or isinstance(line, BadInput):
-            return line
-        return decode_reply(line)
+    decode = staticmethod(decode_reply)
 
 
 def parse_kv(text: str) -> dict[str, str]:

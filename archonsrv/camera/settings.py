@@ -72,14 +72,18 @@ def basename(cam: Camera, args: str) -> str:
     return cam.basename
 
 
-@command("fitsnaming")
-def fitsnaming(cam: Camera, args: str) -> str:
+def choice_setting(cam: Camera, attr: str, args: str, choices: tuple[str, str]) -> str:
     if args:
         v = args.strip().lower()
-        if v not in ("time", "number"):
-            raise CommandError(f"expected time or number, got {args[:40]!r}")
-        cam.fitsnaming = v
-    return cam.fitsnaming
+        if v not in choices:
+            raise CommandError(f"expected {choices[0]} or {choices[1]}, got {args[:40]!r}")
+        setattr(cam, attr, v)
+    return getattr(cam, attr)
+
+
+@command("fitsnaming")
+def fitsnaming(cam: Camera, args: str) -> str:
+    return choice_setting(cam, "fitsnaming", args, ("time", "number"))
 
 
 @command("imnum")
@@ -98,12 +102,7 @@ def hdrshift(cam: Camera, args: str) -> str:
 
 @command("writekeys")
 def writekeys(cam: Camera, args: str) -> str:
-    if args:
-        v = args.strip().lower()
-        if v not in ("before", "after"):
-            raise CommandError(f"expected before or after, got {args[:40]!r}")
-        cam.writekeys = v
-    return cam.writekeys
+    return choice_setting(cam, "writekeys", args, ("before", "after"))
 
 
 @command("preexposures")

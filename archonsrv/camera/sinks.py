@@ -17,6 +17,7 @@ Every file is written under a temporary name and renamed when complete
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -84,6 +85,18 @@ def read_frame(cam: Camera, buf: A.BufferStatus, geom: ACF.Geometry, sink=None):
     return data[: geom.image_bytes].view(dtype).reshape(geom.height, geom.width)
 
 
+@contextlib.contextmanager
+def frame_file(cam: Camera, start, keys, buf):
+    """``(file, name)`` for one frame; a failure discards it and sends FILE:... ERROR."""
+    f, name = open_file(cam, start, keys, buf, write_primary=False)
+    try:
+        yield f, name
+    except BaseException:
+        f.discard()
+        cam.notify("FILE", f"{f.directory / name} ERROR")
+        raise
+
+
 class Sink:
     def __init__(self, cam: Camera, plan) -> None:
         self.cam = cam
@@ -113,8 +126,7 @@ class StreamedSink(Sink):
 
     def frame(self, k, start, keys, buf) -> None:
         cam, geom = self.cam, self.geom
-        f, name = open_file(cam, start, keys, buf, write_primary=False)
-        try:
+        with frame_file(cam, start, keys, buf) as (f, name):
             img = f.stream_image(
                 geom.width,
                 geom.height,
@@ -128,10 +140,6 @@ class StreamedSink(Sink):
                 img.abort()
                 raise
             path = img.finish()
-        except BaseException:
-            f.discard()
-            cam.notify("FILE", f"{f.directory / name} ERROR")
-            raise
         file_done(cam, path)
 
 
@@ -144,8 +152,7 @@ class AmpsSink(Sink):
     def write(self, start, keys, buf, image) -> Path:
         """Write one frame already in memory; return its path."""
         cam, geom = self.cam, self.geom
-        f, name = open_file(cam, start, keys, buf, write_primary=False)
-        try:
+        with frame_file(cam, start, keys, buf) as (f, name):
             pix = fitsio.pixels(image, geom.bitpix, cam.hdrshift)
             if cam.cubeamps:
                 f.primary(None, headers.cards(cam, name, buf, start, keys))
@@ -164,10 +171,6 @@ class AmpsSink(Sink):
             else:
                 f.primary(pix, headers.cards(cam, name, buf, start, keys))
             path = f.commit()
-        except BaseException:
-            f.discard()
-            cam.notify("FILE", f"{f.directory / name} ERROR")
-            raise
         file_done(cam, path)
         return path
 
@@ -229,8 +232,7 @@ class ImageRawSink(Sink):
         cam, geom = self.cam, self.geom
         image = self.read(buf)
         raw = read_frame(cam, buf, self.raw_geom)
-        f, name = open_file(cam, start, keys, buf, write_primary=False)
-        try:
+        with frame_file(cam, start, keys, buf) as (f, name):
             f.primary(
                 fitsio.pixels(image, geom.bitpix, cam.hdrshift),
                 headers.cards(cam, name, buf, start, keys),
@@ -244,10 +246,6 @@ class ImageRawSink(Sink):
                 ],
             )
             path = f.commit()
-        except BaseException:
-            f.discard()
-            cam.notify("FILE", f"{f.directory / name} ERROR")
-            raise
         file_done(cam, path)
 
 

@@ -5,6 +5,7 @@ no partial FITS file under a final name when the disk is full."""
 from __future__ import annotations
 
 import resource
+import signal
 import socket
 import time
 
@@ -155,6 +156,19 @@ def test_allow_list_on_both_ports(tmp_path):
             s.close()
         log = (r.logdir).glob("camerad_*.log")
         assert any("not in ALLOW" in p.read_text() for p in log)
+        # SIGHUP applies a new ALLOW: now 127.0.0.1 only
+        r.write_config(ALLOW="127.0.0.1")
+        r.cam.send_signal(signal.SIGHUP)
+
+        def reloaded() -> bool:
+            s = _idle(r.nbport, source="127.0.0.2")
+            s.sendall(b"echo two\n")
+            refused = _closed_without_reply(s)
+            s.close()
+            return refused
+
+        assert procs.wait_until(reloaded, timeout=10)
+        assert r.nb("echo one") == "one DONE"
 
 
 def test_imdir_checked_before_the_exposure(tmp_path):

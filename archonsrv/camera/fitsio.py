@@ -266,10 +266,9 @@ class StreamedImage:
         hdr["CHECKSUM"] = ("0" * 16, f"HDU checksum updated {stamp}")
         hdr["DATASUM"] = ("0", f"data unit checksum updated {stamp}")
         self._hdr = hdr
-        self._sum = Checksum()
+        self._zsum = 0  # sum of the data as native 32-bit words (see _add_sum)
         self._offset = f._fh.tell()
         self._flip = dtype(bzero)
-        self._flip_swapped = dtype(0x80)  # bzero's top bit as seen through a swapped view
         self._q: queue.Queue = queue.Queue(maxsize=1024)
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -332,17 +331,16 @@ class StreamedImage:
             return
         little = "<u2" if self.bitpix == 16 else "<u4"
         src = rows.view(little)  # (k, n), rows strided
+        # the FITS values (sign bit flipped for BZERO), still in native order
         if self.bitpix == 32 and self.hdrshift:
-            px = src >> self._dtype(self.hdrshift)
-            px ^= self._flip
-            px = px.reshape(-1)[: self.left]
-            px.byteswap(inplace=True)
+            num = src >> self._dtype(self.hdrshift)
+            num ^= self._flip
         else:
-            # one pass to big-endian, then flip the sign bit (in the first byte)
-            px = src.astype(">u2" if self.bitpix == 16 else ">u4").reshape(-1)[: self.left]
-            px.view(little)[...] ^= self._flip_swapped
+            num = np.bitwise_xor(src, self._flip)
+        num = num.reshape(-1)[: self.left]
+        self._add_sum(num)
+        px = num.astype(">u2" if self.bitpix == 16 else ">u4")
         self._write(memoryview(px))
-        self._sum.add(px)
         self.left -= len(px)
         self.nbytes += px.nbytes
 
@@ -357,10 +355,37 @@ class StreamedImage:
         self._write_checksums()
         return self.f.commit()
 
+    def _add_sum(self, num: np.ndarray) -> None:
+        """Add the numeric FITS values of a chunk to the data checksum.
+
+        Summing the values in native order avoids a byte-swapped pass: for
+        32-bit data the native sum is the sum of the big-endian words.  For
+        16-bit data a native 32-bit word holds p0 + 2**16 * p1 where the file's
+        big-endian word is 2**16 * p0 + p1; the ones' complement sum (modulo
+        2**32 - 1) of the latter is the former's times 2**16 (a 16-bit
+        rotation), applied once at the end.  Chunks hold whole 1024-byte
+        blocks, so only the last one can end in half a word.
+        """
+        if self.bitpix == 32:
+            self._zsum += int(num.sum(dtype=np.uint64))
+            return
+        even = len(num) - len(num) % 2
+        if even:
+            self._zsum += int(num[:even].view("<u4").sum(dtype=np.uint64))
+        if even < len(num):
+            self._zsum += int(num[-1])  # p0 of a word whose p1 is padding (0)
+
+    @property
+    def datasum(self) -> int:
+        total = self._zsum << 16 if self.bitpix == 16 else self._zsum
+        while total >> 32:
+            total = (total & 0xFFFFFFFF) + (total >> 32)
+        return total
+
     def _write_checksums(self) -> None:
         """Rewrite the header in place with DATASUM and CHECKSUM (same size)."""
         hdr = self._hdr
-        datasum = self._sum.value
+        datasum = self.datasum
         hdr["DATASUM"] = str(datasum)
         hdr["CHECKSUM"] = "0" * 16
         head = Checksum()

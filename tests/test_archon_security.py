@@ -10,6 +10,7 @@ import socket
 import time
 
 import pytest
+from astropy.io import fits
 
 from tests.support import procs
 from tests.support.archon_rig import Rig
@@ -196,7 +197,7 @@ def test_imdir_checked_before_the_exposure(tmp_path):
 
 
 def _small_fsize() -> None:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, resource.RLIM_INFINITY))
 
 
 def test_disk_full_leaves_no_partial_file_under_a_final_name(tmp_path):
@@ -213,7 +214,26 @@ def test_disk_full_leaves_no_partial_file_under_a_final_name(tmp_path):
             msg = r.listener.wait_for("FILE:")
             assert msg is not None and msg.endswith(" ERROR"), msg
             assert r.all_files() == []  # neither a .fits nor a temporary file
+            note = r.listener.wait_for("NOTICE:frame")
+            assert note is not None and "readframe" in note  # streamed: still in the Archon
         assert r.blk("echo alive") == "alive DONE"
         r.blk("cubeamps true")  # the in-memory path (one extension per amplifier) too
+        r.listener.clear()
         assert r.blk("expose").startswith("ERROR ")
         assert r.all_files() == []
+        note = r.listener.wait_for("NOTICE:frame")
+        assert note is not None and "kept in memory" in note
+        # space again: the frame kept in memory is written, no frame was lost
+        resource.prlimit(
+            r.cam.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+        )
+        path = r.blk("writeframe")
+        assert path.endswith(".fits DONE"), path
+        r.blk("cubeamps false")
+        number = r.blk("readframe").split()[0]
+        again = r.blk("writeframe")
+        assert again.endswith(".fits DONE") and again != path
+        assert len(r.fits_files()) == 2 and not [p for p in r.all_files() if ".part" in p.name]
+        with fits.open(again.split()[0], checksum=True) as hdul:
+            assert str(hdul[0].header["FRAMENUM"]) == number
+            assert hdul[0].verify_checksum() == 1

@@ -86,15 +86,38 @@ def read_frame(cam: Camera, buf: A.BufferStatus, geom: ACF.Geometry, sink=None):
 
 
 @contextlib.contextmanager
-def frame_file(cam: Camera, start, keys, buf):
-    """``(file, name)`` for one frame; a failure discards it and sends FILE:... ERROR."""
-    f, name = open_file(cam, start, keys, buf, write_primary=False)
+def frame_file(cam: Camera, start, keys, buf, held=None):
+    """``(file, name)`` for one frame; a failure discards it and sends FILE:... ERROR.
+
+    A frame that cannot be written is not lost: with ``held`` (the image in
+    memory) it is kept for ``writeframe``; else it is still in the Archon's
+    buffer for ``readframe``.  A NOTICE says which.
+    """
+    try:
+        f, name = open_file(cam, start, keys, buf, write_primary=False)
+    except BaseException:
+        keep_frame(cam, buf, held)
+        raise
     try:
         yield f, name
     except BaseException:
         f.discard()
         cam.notify("FILE", f"{f.directory / name} ERROR")
+        keep_frame(cam, buf, held)
         raise
+
+
+def keep_frame(cam: Camera, buf, held) -> None:
+    if held is not None:
+        with cam.lock:
+            cam.held_frame = held
+        cam.notify("NOTICE", f"frame {buf.frame} kept in memory; writeframe writes it")
+    else:
+        cam.notify(
+            "NOTICE",
+            f"frame {buf.frame} is in Archon buffer {buf.index} until overwritten; "
+            f"readframe {buf.index} then writeframe writes it",
+        )
 
 
 class Sink:
@@ -152,7 +175,8 @@ class AmpsSink(Sink):
     def write(self, start, keys, buf, image) -> Path:
         """Write one frame already in memory; return its path."""
         cam, geom = self.cam, self.geom
-        with frame_file(cam, start, keys, buf) as (f, name):
+        held = (buf, image, start, geom, self.plan.mode, keys)
+        with frame_file(cam, start, keys, buf, held) as (f, name):
             pix = fitsio.pixels(image, geom.bitpix, cam.hdrshift)
             if cam.cubeamps:
                 f.primary(None, headers.cards(cam, name, buf, start, keys))

@@ -230,6 +230,16 @@ def is_param_key(key: str) -> bool:
     return bool(_PARAM_KEY_RE.match(key))
 
 
+def is_param_related(key: str) -> bool:
+    """``PARAMETERn`` or the count line ``PARAMETERS``: not a CDS/system key."""
+    return key.startswith("PARAMETER")
+
+
+def has_binary_reply(command: str) -> bool:
+    """FETCH answers in binary blocks, not one text line."""
+    return command.upper().startswith("FETCH")
+
+
 def param_entry(key: str, value: str) -> tuple[str, str] | None:
     """(name, value) of a config line ``PARAMETERn=name=value``; None otherwise."""
     if not is_param_key(key) or "=" not in value:

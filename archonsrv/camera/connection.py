@@ -270,7 +270,7 @@ def native(cam: Camera, args: str) -> str:
     cmd = args.strip()
     if not cmd:
         raise CommandError("usage: native <ARCHON COMMAND>")
-    if cmd.upper().startswith("FETCH"):
+    if A.has_binary_reply(cmd):
         raise CommandError("native FETCH is not allowed (binary reply); use expose")
     reply = cam.ctl.native(cmd)
     for line in P.native_async_lines(cmd, reply):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from .. import acf as ACF
+from .. import archon as A
 from .core import Camera, CommandError, float_arg, int_arg, num_text
 from .table import LOADED, command
 
@@ -157,7 +158,7 @@ def cds(cam: Camera, args: str) -> str:
         raise CommandError(f"{key} not in the loaded ACF")
     if len(parts) == 1:
         return vals[key]
-    if key.startswith("PARAMETER") or "/" in key:
+    if A.is_param_related(key) or "/" in key:
         raise CommandError(f"{key} is not a CDS key")
     cam.need_idle(key)
     old = vals[key]

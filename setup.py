@@ -22,7 +22,11 @@ SPECSRV_HDW = [
 SPECSRV = ["specsrv = specsrv.cli:main", "spec-remote = specsrv.client:main"]
 
 # archonsrv
-ARCHONSRV = ["camerad = archonsrv.cli:main", "archonsim = archonsrv.sim:main"]
+ARCHONSRV = [
+    "camerad = archonsrv.cli:main",
+    "archonsim = archonsrv.sim:main",
+    "camerad-listener = archonsrv.listener:main",
+]
 
 # mrt
 MRT = [

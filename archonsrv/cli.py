@@ -1,6 +1,6 @@
 """camerad: detector controller server for the STA Archon CCD controller.
 
-``camerad FILE.cfg`` (or ``-f FILE.cfg``) reads the configuration, listens
+``camerad FILE.cfg`` (or ``-f FILE.cfg``, ``--config FILE.cfg``) reads the configuration, listens
 on BLKPORT and NBPORT, sends status datagrams to ASYNCGROUP:ASYNCPORT, and
 drives the Archon at ARCHON_IP:ARCHON_PORT.  ``-d`` or ``DAEMON=yes`` runs
 it as a daemon (``--foreground`` keeps it in the foreground); SIGHUP
@@ -26,7 +26,11 @@ def build_parser():
     )
     p.add_argument("config", nargs="?", metavar="FILE.cfg", help="configuration file")
     p.add_argument(
-        "-f", dest="file", metavar="FILE.cfg", help="configuration file (same as FILE.cfg)"
+        "-f",
+        "--config",
+        dest="file",
+        metavar="FILE.cfg",
+        help="configuration file (same as FILE.cfg)",
     )
     cli.add_runtime_args(
         p,
@@ -51,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.parse_or_exit(parser, argv)
     path = args.file or args.config
     if not path:
-        parser.error("no configuration file given (camerad FILE.cfg or camerad -f FILE.cfg)")
+        parser.error(
+            "no configuration file given (camerad FILE.cfg, -f FILE.cfg or --config FILE.cfg)"
+        )
     if args.file and args.config and args.file != args.config:
         parser.error("two configuration files given")
     try:
@@ -59,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"camerad: {exc}", file=sys.stderr)
         return 2
+    cfg.apply_tz()
     daemon = (args.daemon or cfg.daemon) and not args.foreground
     logfile = str(C.Path(cfg.logpath) / "camerad_%Y%m%d.log").replace("%", "%%")
     logfile = logfile.replace("%%Y%%m%%d", "%Y%m%d")
@@ -67,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         daemon=daemon,
         logfile=logfile,
         lockfile=args.lockfile or lockfile_for(cfg),
-        log_utc=cfg.tm_zone != "local",
+        log_utc=cfg.log_utc,
     )
     return runtime.run(Camerad(path, cfg), opts)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -33,10 +34,11 @@ IGNORED_KEYS = {
     "EMULATOR_PORT",
     "EMULATOR_SYSTEM",
     "EMULATOR_SEED",
+    "EMULATOR_EXPTIME_PARAM",
+    "EMULATOR_EXPTIME_UNIT",
+    "EMULATOR_READOUT_PARAM",
     "ABORT_PARAM",
     "WRITE_TAPINFO_TO_FITS",
-    "TZ_ENV",
-    "TM_ZONE_LOG",
 }
 
 
@@ -72,11 +74,17 @@ class CameraConfig:
     asyncif: str = ""  # extension: interface address for outgoing multicast
     bindaddr: str = ""  # extension: listen address of BLKPORT/NBPORT ("" = all)
     tm_zone: str = "UTC"  # "UTC" or "local"
+    tm_zone_log: str = ""  # "UTC", "local" or "" (= tm_zone): time zone of the log
+    tz_env: str = ""  # TZ environment value that defines "local" ("" = the host's)
     daemon: bool = False
     longerror: bool = False
     amps_as_cube: bool = False
     dirmode: int = 0o755
     logstderr: bool = True
+    firmware_dirs_raw: str = ""  # FIRMWARE_DIRS as written ("" = the default)
+    allow: list[str] = field(default_factory=list)  # ALLOW: client networks ([] = all)
+    blk_max_connections: int = 8  # the client served + 7 waiting
+    nb_max_connections: int = 64
     arrays: dict[str, dict[str, str]] = field(default_factory=dict)
     applied: list[str] = field(default_factory=list)  # "KEY=VALUE" in file order
 
@@ -88,6 +96,33 @@ class CameraConfig:
             return str(p) if value else ""
         base = Path(self.source).resolve().parent if self.source[:1] != "<" else Path.cwd()
         return str(base / p)
+
+    def firmware_dirs(self) -> list[Path]:
+        """Directories that load, loadtiming and systemfile may name (resolved).
+
+        FIRMWARE_DIRS (colon-separated, relative to the configuration file),
+        else the directory of DEFAULT_FIRMWARE and that of the configuration
+        file.
+        """
+        if self.firmware_dirs_raw:
+            names = [d for d in self.firmware_dirs_raw.split(":") if d.strip()]
+            return [Path(self.resolve(d.strip())).resolve() for d in names]
+        out: list[Path] = []
+        if self.default_firmware:
+            out.append(Path(self.default_firmware).resolve().parent)
+        if self.source[:1] != "<":
+            out.append(Path(self.source).resolve().parent)
+        return out
+
+    @property
+    def log_utc(self) -> bool:
+        return (self.tm_zone_log or self.tm_zone) != "local"
+
+    def apply_tz(self) -> None:
+        """Set TZ (TZ_ENV) for this process, so that "local" means that zone."""
+        if self.tz_env and os.environ.get("TZ") != self.tz_env:
+            os.environ["TZ"] = self.tz_env
+            time.tzset()
 
     @property
     def async_enabled(self) -> bool:
@@ -135,12 +170,14 @@ _PORT_KEYS = {
     "NBPORT": "nbport",
     "ASYNCPORT": "asyncport",
 }
+MAX_CONNECTIONS = 4096
 KNOWN_KEYS = (
     set(_STRING_KEYS)
     | set(_PATH_KEYS)
     | set(_BOOL_KEYS)
     | set(_PORT_KEYS)
-    | {"HDR_SHIFT", "READOUT_TIME", "TM_ZONE", "DIRMODE"}
+    | {"HDR_SHIFT", "READOUT_TIME", "TM_ZONE", "TM_ZONE_LOG", "TZ_ENV", "DIRMODE"}
+    | {"FIRMWARE_DIRS", "ALLOW", "BLK_MAX_CONNECTIONS", "NB_MAX_CONNECTIONS"}
 )
 
 
@@ -180,19 +217,40 @@ def from_keyvalue(kv: KeyValueConfig) -> CameraConfig:
             cfg.hdr_shift = _int(key, value, 0, 31, where)
         elif key == "READOUT_TIME":
             cfg.readout_time = _int(key, value, 0, 24 * 3600 * 1000, where)
-        elif key == "TM_ZONE":
+        elif key in ("TM_ZONE", "TM_ZONE_LOG"):
             v = value.strip().lower()
             if v in ("gmt", "utc"):
-                cfg.tm_zone = "UTC"
+                zone = "UTC"
             elif v == "local":
-                cfg.tm_zone = "local"
+                zone = "local"
             else:
-                raise ConfigError(f"{where}: TM_ZONE must be GMT, UTC or local, got {value!r}")
+                raise ConfigError(f"{where}: {key} must be GMT, UTC or local, got {value!r}")
+            setattr(cfg, key.lower(), zone)
+        elif key == "TZ_ENV":
+            tz = value.strip()
+            if not tz or not all(33 <= ord(c) < 127 for c in tz) or len(tz) > 200:
+                raise ConfigError(f"{where}: TZ_ENV must be a TZ value without spaces")
+            cfg.tz_env = tz
         elif key == "DIRMODE":
             try:
                 cfg.dirmode = int(value, 8) | 0o700
             except ValueError:
                 raise ConfigError(f"{where}: DIRMODE must be octal digits, got {value!r}") from None
+        elif key == "FIRMWARE_DIRS":
+            cfg.firmware_dirs_raw = value
+        elif key == "ALLOW":
+            cfg.allow = [n for n in value.replace(",", " ").split() if n]
+            for net in cfg.allow:
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError:
+                    raise ConfigError(
+                        f"{where}: ALLOW: {net!r} is not a network (CIDR) or address"
+                    ) from None
+        elif key == "BLK_MAX_CONNECTIONS":
+            cfg.blk_max_connections = _int(key, value, 1, MAX_CONNECTIONS, where)
+        elif key == "NB_MAX_CONNECTIONS":
+            cfg.nb_max_connections = _int(key, value, 1, MAX_CONNECTIONS, where)
         elif key in IGNORED_KEYS:
             continue
         else:

@@ -1,8 +1,11 @@
-"""TCP client for the Archon controller: one command in flight, bounded reads.
+"""camerad's controller layer: a TCP client for the Archon and its typed verbs.
 
-Framing and parsing come from :mod:`archonsrv.protocol`; this module only
-moves bytes.  Every command holds the client lock from sending to the end of
-its reply, so the hardware sees one command at a time no matter how many
+:class:`ArchonClient` moves bytes: framing and parsing come from
+:mod:`archonsrv.archon`.  :class:`Controller` offers the controller's
+commands as typed methods (``apply_module(5)``, ``frame()``,
+``fetch(...)``), so that the camera engine never spells an Archon command
+itself.  Every command holds the client lock from sending to the end of its
+reply, so the hardware sees one command at a time no matter how many
 client threads camerad runs.  A reply with a stale message reference (the
 late answer to a command that timed out) is skipped.  After a broken
 connection or a FETCH that stopped midway the socket is closed (the byte
@@ -20,12 +23,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import protocol as P
+from . import archon as A
 
 log = logging.getLogger("camerad.archon")
 
-QUIET = ("STATUS", "TIMER", "WCONFIG", "FRAME", "RCONFIG", "FETCHLOG")
-SLOW = ("APPLYALL", "LOADTIMING", "POWERON", "POWEROFF", "APPLYMOD", "APPLYDIO", "APPLYCDS")
+QUIET = A.QUIET_COMMANDS
+SLOW = A.SLOW_COMMANDS
 
 
 class ArchonError(Exception):
@@ -45,7 +48,7 @@ class ArchonClient:
         self.sock: socket.socket | None = None
         self.wanted = False  # opened by the user and not closed: reconnect on demand
         self._ref = 0
-        self._buf = bytearray()
+        self._rx = A.ReplyStream()
         # receive buffer reused by every FETCH (its pages stay mapped); what a
         # sink was given must be consumed before the next FETCH starts
         self._fetchbuf: np.ndarray | None = None
@@ -69,7 +72,7 @@ class ArchonClient:
             with contextlib.suppress(OSError):  # room for FETCH data while we write it out
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
             self.sock = s
-            self._buf.clear()
+            self._rx.clear()
             self.wanted = True
             log.info("connected to Archon at %s:%d", host, port)
 
@@ -93,7 +96,7 @@ class ArchonClient:
             except OSError:
                 pass
             self.sock = None
-            self._buf.clear()
+            self._rx.clear()
 
     def _broken(self, why: str) -> ArchonError:
         self._close_socket()
@@ -126,17 +129,17 @@ class ArchonClient:
             raise self._broken(f"Archon connection error: {exc.strerror or exc}") from None
         if not data:
             raise self._broken("Archon closed the connection")
-        self._buf += data
+        self._rx.feed(data)
 
-    def _read_line(self, sock: socket.socket, deadline: float) -> bytes:
+    def _read_reply(self, sock: socket.socket, deadline: float) -> A.ArchonReply:
         while True:
-            idx = self._buf.find(b"\n")
-            if idx >= 0:
-                line = bytes(self._buf[:idx])
-                del self._buf[: idx + 1]
-                return line
-            if len(self._buf) > P.MAX_ARCHON_LINE:
+            event = self._rx.next_event()
+            if isinstance(event, A.Overlong):
                 raise self._broken("Archon reply line too long")
+            if isinstance(event, A.BadInput):
+                raise self._broken(event.reason)
+            if event is not None:
+                return event
             self._recv(sock, deadline)
 
     # -- commands ----------------------------------------------------------
@@ -150,23 +153,19 @@ class ArchonClient:
             if not text.startswith(QUIET):
                 log.debug("archon> %s", text)
             try:
-                sock.sendall(P.encode_command(ref, text))
+                sock.sendall(A.encode_command(ref, text))
             except OSError as exc:
                 raise self._broken(f"cannot send to Archon: {exc.strerror or exc}") from None
             deadline = time.monotonic() + timeout
             while True:
                 try:
-                    line = self._read_line(sock, deadline)
+                    reply = self._read_reply(sock, deadline)
                 except TimeoutError:
                     raise ArchonError(
                         f"no reply from Archon to {text.split(' ')[0][:30]} within {timeout:g} s"
                     ) from None
-                try:
-                    reply = P.decode_reply(line)
-                except P.ProtocolError as exc:
-                    raise self._broken(f"{exc}") from None
                 if reply.ref != ref:
-                    log.warning("skipping stale Archon reply %r", line[:60])
+                    log.warning("skipping stale Archon reply %02X %r", reply.ref, reply.text[:60])
                     continue
                 if not reply.ok:
                     raise ArchonError(f"Archon error reply to {text.split(' ')[0][:30]}")
@@ -193,18 +192,18 @@ class ArchonClient:
         with self.lock:
             sock = self._ensure()
             ref = self._next_ref()
-            text = P.fetch_command(address, blocks)
+            text = A.fetch_command(address, blocks)
             log.debug("archon> %s", text)
-            need = blocks * P.BLOCK_WIRE
+            need = blocks * A.BLOCK_WIRE
             if self._fetchbuf is None or self._fetchbuf.size < need:
                 self._fetchbuf = None  # free the old one first
                 self._fetchbuf = np.empty(need, dtype=np.uint8)
-            dec = P.FetchDecoder(ref, blocks, self._fetchbuf)
-            if self._buf:  # bytes read before this command cannot belong to its reply
-                log.warning("discarding %d stale bytes from the Archon", len(self._buf))
-                self._buf.clear()
+            dec = A.FetchDecoder(ref, blocks, self._fetchbuf)
+            if len(self._rx):  # bytes read before this command cannot belong to its reply
+                log.warning("discarding %d stale bytes from the Archon", len(self._rx))
+                self._rx.clear()
             try:
-                sock.sendall(P.encode_command(ref, text))
+                sock.sendall(A.encode_command(ref, text))
             except OSError as exc:
                 raise self._broken(f"cannot send to Archon: {exc.strerror or exc}") from None
             try:
@@ -238,7 +237,7 @@ class ArchonClient:
                     if progress is not None and dec.checked - last_report >= 4096:
                         last_report = dec.checked
                         progress(dec.checked, blocks)
-            except P.ProtocolError as exc:
+            except A.ProtocolError as exc:
                 raise self._broken(str(exc)) from None
             if sink_error is not None:
                 raise sink_error
@@ -247,3 +246,111 @@ class ArchonClient:
                     sink(dec.take())
                 return None
             return dec.payload()
+
+
+class Controller:
+    """The Archon's commands as typed methods over a link.
+
+    ``link`` is an :class:`ArchonClient` (TCP) or anything with the same
+    methods (``command``, ``fetch``, ``connect``, ``close``, ``abort``,
+    ``lock``, ``is_open``, ``wanted``), such as archonsim's in-process
+    :class:`~archonsrv.sim.SimLink`, so that the camera engine runs without
+    sockets in tests.
+    """
+
+    def __init__(self, link=None) -> None:
+        self.link = link if link is not None else ArchonClient()
+        self.lock = self.link.lock
+
+    # -- connection --------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self.link.is_open
+
+    @property
+    def wanted(self) -> bool:
+        return self.link.wanted
+
+    def connect(self, host: str, port: int) -> None:
+        self.link.connect(host, port)
+
+    def close(self) -> None:
+        self.link.close()
+
+    def abort(self) -> None:
+        self.link.abort()
+
+    # -- queries -----------------------------------------------------------
+    def native(self, text: str) -> str:
+        """A command typed by the user (``native``), passed on as is."""
+        return self.link.command(text)
+
+    def system(self) -> dict[str, str]:
+        return A.parse_kv(self.link.command(A.SYSTEM))
+
+    def status(self) -> dict[str, str]:
+        return A.parse_kv(self.link.command(A.STATUS))
+
+    def frame(self) -> A.FrameStatus:
+        return A.parse_frame(self.link.command(A.FRAME))
+
+    def timer(self) -> int:
+        return A.parse_timer(self.link.command(A.TIMER))
+
+    def fetchlog(self) -> str | None:
+        """The next controller log line, None when the log is empty."""
+        entry = self.link.command(A.FETCHLOG)
+        return None if entry.strip() in (A.FETCHLOG_EMPTY, "") else entry
+
+    # -- configuration memory ---------------------------------------------
+    def poll(self, on: bool) -> None:
+        self.link.command(A.POLLON if on else A.POLLOFF)
+
+    def clear_config(self) -> None:
+        self.link.command(A.CLEARCONFIG)
+
+    def write_config(self, line: int, key: str, value: str) -> None:
+        self.link.command(A.wconfig_command(line, key, value))
+
+    def read_config(self, line: int) -> str:
+        return self.link.command(A.rconfig_command(line))
+
+    def apply_all(self) -> None:
+        self.link.command(A.APPLYALL)
+
+    def load_timing(self) -> None:
+        self.link.command(A.LOADTIMING)
+
+    def apply_cds(self) -> None:
+        self.link.command(A.APPLYCDS)
+
+    def apply_system(self) -> None:
+        self.link.command(A.APPLYSYSTEM)
+
+    def load_params(self) -> None:
+        self.link.command(A.LOADPARAMS)
+
+    def apply_module(self, module: int) -> None:
+        self.link.command(A.apply_mod_command(module))
+
+    def apply_dio(self, module: int) -> None:
+        self.link.command(A.apply_dio_command(module))
+
+    # -- parameters, power, buffers ------------------------------------------
+    def set_param_fast(self, name: str, value: str) -> None:
+        """FASTPREPPARAM then FASTLOADPARAM: the timing core sees it at once."""
+        self.link.command(A.param_command("FASTPREPPARAM", name, value))
+        self.link.command(A.param_command("FASTLOADPARAM", name, value))
+
+    def load_param(self, name: str, value: str) -> None:
+        self.link.command(A.param_command("LOADPARAM", name, value))
+
+    def power(self, on: bool) -> None:
+        self.link.command(A.POWERON if on else A.POWEROFF)
+
+    def lock_buffer(self, buffer: int) -> None:
+        """LOCKn (n = 1..3) holds a frame buffer for reading; 0 releases it."""
+        self.link.command(A.lock_command(buffer))
+
+    def fetch(self, address: int, blocks: int, sink=None):
+        return self.link.fetch(address, blocks, sink=sink)

@@ -1,699 +1,23 @@
-"""Pure protocol core of camerad and archonsim (no sockets, threads or clocks).
+"""Pure core of camerad's own client protocol (no sockets, threads or clocks).
 
-Two protocols live here:
+One ASCII command line in, ``value DONE`` / ``ERROR [text]`` out,
+``TAG:message`` datagrams on the async port, FITS file naming and user
+keyword parsing.  The controller's wire protocol is in :mod:`archonsrv.archon`,
+the ACF format in :mod:`archonsrv.acf`.
 
-* the STA Archon controller protocol: ``>xxCMD`` commands, ``<xx...`` and
-  ``?xx`` replies, ``KEY=VALUE`` status lines (SYSTEM, STATUS, FRAME), the
-  binary FETCH reply (``<xx:`` + 1024 bytes per block), the ACF file and the
-  detector geometry derived from it;
-* the camerad client protocol: one ASCII command line in, ``value DONE`` /
-  ``ERROR [text]`` out, ``TAG:message`` datagrams on the async port, FITS
-  file naming and user keyword parsing.
-
-camerad, archonsim, the tests and the benchmark all use these functions;
-protocol rules live nowhere else.
+Bad input follows :mod:`common.badinput`: :class:`CommandStream` is the
+stream core of the command ports (``feed`` + ``next_event`` giving
+:class:`CommandLine` or a :class:`BadInput` subclass).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
-
-# ---------------------------------------------------------------------------
-# Archon framing
-# ---------------------------------------------------------------------------
-
-BLOCK = 1024  # bytes of pixel data per FETCH block
-BLOCK_HEADER = 4  # "<xx:"
-BLOCK_WIRE = BLOCK + BLOCK_HEADER
-MAX_ARCHON_LINE = 1 << 20  # a FRAME/STATUS reply is a few kB; bound it anyway
-
-
-class ProtocolError(ValueError):
-    """Bytes that do not follow the protocol."""
-
-
-def encode_command(ref: int, command: str) -> bytes:
-    """``>xxCOMMAND\\n`` with the 2-digit upper-case hex message reference."""
-    if not 0 <= ref <= 0xFF:
-        raise ValueError(f"message reference out of range: {ref}")
-    if "\n" in command or "\r" in command:
-        raise ValueError("an Archon command cannot contain a newline")
-    return b">%02X%s\n" % (ref, command.encode("ascii", "replace"))
-
-
-@dataclass(frozen=True)
-class ArchonCommand:
-    ref: int
-    text: str
-
-
-_CMD_RE = re.compile(rb"^>([0-9A-Fa-f]{2})(.*)$", re.S)
-
-
-def decode_command(line: bytes) -> ArchonCommand | None:
-    """Parse ``>xxCOMMAND`` (newline already removed); None if garbled."""
-    m = _CMD_RE.match(line.rstrip(b"\r"))
-    if not m:
-        return None
-    try:
-        text = m.group(2).decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    return ArchonCommand(int(m.group(1), 16), text)
-
-
-def encode_reply(ref: int, text: str = "") -> bytes:
-    return b"<%02X%s\n" % (ref, text.encode("ascii", "replace"))
-
-
-def encode_error(ref: int) -> bytes:
-    return b"?%02X\n" % ref
-
-
-@dataclass(frozen=True)
-class ArchonReply:
-    ref: int
-    ok: bool
-    text: str = ""
-
-
-_REPLY_RE = re.compile(rb"^([<?])([0-9A-Fa-f]{2})(.*)$", re.S)
-
-
-def decode_reply(line: bytes) -> ArchonReply:
-    """Parse one text reply line (newline removed)."""
-    m = _REPLY_RE.match(line.rstrip(b"\r"))
-    if not m:
-        raise ProtocolError(f"not an Archon reply: {line[:40]!r}")
-    text = m.group(3).decode("ascii", "replace")
-    return ArchonReply(int(m.group(2), 16), m.group(1) == b"<", text)
-
-
-def parse_kv(text: str) -> dict[str, str]:
-    """Space-separated ``KEY=VALUE`` tokens of SYSTEM, STATUS and FRAME replies."""
-    out: dict[str, str] = {}
-    for tok in text.split():
-        if "=" not in tok:
-            raise ProtocolError(f"token without '=': {tok[:40]!r}")
-        k, v = tok.split("=", 1)
-        out[k] = v
-    return out
-
-
-def format_kv(items: dict[str, object]) -> str:
-    return " ".join(f"{k}={v}" for k, v in items.items())
-
-
-def timer_text(ticks: int) -> str:
-    """TIMER reply value: 16 upper-case hex digits of 10 ns ticks."""
-    return f"{ticks & 0xFFFFFFFFFFFFFFFF:016X}"
-
-
-def fetch_command(address: int, blocks: int) -> str:
-    return f"FETCH{address & 0xFFFFFFFF:08X}{blocks & 0xFFFFFFFF:08X}"
-
-
-_FETCH_RE = re.compile(r"^FETCH([0-9A-Fa-f]{8})([0-9A-Fa-f]{8})$")
-
-
-def parse_fetch(text: str) -> tuple[int, int] | None:
-    m = _FETCH_RE.match(text)
-    if not m:
-        return None
-    return int(m.group(1), 16), int(m.group(2), 16)
-
-
-# -- configuration memory: WCONFIG / RCONFIG and parameter lines --------------
-
-MAX_CONFIG_LINES = 0x10000  # line numbers are 4 hex digits
-_PARAM_KEY_RE = re.compile(r"^PARAMETER\d+$")
-_WCONFIG_RE = re.compile(r"^WCONFIG([0-9A-Fa-f]{4})([^=]+)=(.*)$", re.S)
-_RCONFIG_RE = re.compile(r"^RCONFIG([0-9A-Fa-f]{4})$")
-
-
-def wconfig_command(line: int, key: str, value: str) -> str:
-    if not 0 <= line < MAX_CONFIG_LINES:
-        raise ProtocolError(f"config line {line} out of range")
-    return f"WCONFIG{line:04X}{key}={value}"
-
-
-def parse_wconfig(text: str) -> tuple[int, str, str] | None:
-    """``WCONFIGllllKEY=VALUE`` -> (line, KEY, VALUE); None if malformed."""
-    m = _WCONFIG_RE.match(text)
-    if not m:
-        return None
-    return int(m.group(1), 16), m.group(2), m.group(3)
-
-
-def rconfig_command(line: int) -> str:
-    if not 0 <= line < MAX_CONFIG_LINES:
-        raise ProtocolError(f"config line {line} out of range")
-    return f"RCONFIG{line:04X}"
-
-
-def parse_rconfig(text: str) -> int | None:
-    m = _RCONFIG_RE.match(text)
-    return int(m.group(1), 16) if m else None
-
-
-def is_param_key(key: str) -> bool:
-    """``PARAMETERn`` (a parameter line), not the count line ``PARAMETERS``."""
-    return bool(_PARAM_KEY_RE.match(key))
-
-
-def param_entry(key: str, value: str) -> tuple[str, str] | None:
-    """(name, value) of a config line ``PARAMETERn=name=value``; None otherwise."""
-    if not is_param_key(key) or "=" not in value:
-        return None
-    name, v = value.split("=", 1)
-    return name, v
-
-
-def parse_param_reply(text: str) -> tuple[str, str] | None:
-    """An RCONFIG reply ``PARAMETERn=name=value`` -> (name, value)."""
-    key, sep, value = text.strip().partition("=")
-    return param_entry(key, value) if sep else None
-
-
-def blocks_for(nbytes: int) -> int:
-    return -(-nbytes // BLOCK)
-
-
-def fetch_wire(payload: bytes | memoryview | np.ndarray, blocks: int) -> np.ndarray:
-    """A FETCH reply as a (blocks, 1028) uint8 array, headers still blank.
-
-    The payload fills the 1024-byte data part of each block; a short payload
-    is padded with 0xFF.  :func:`set_fetch_headers` writes the ``<xx:``
-    headers once the message reference is known.
-    """
-    out = np.empty((blocks, BLOCK_WIRE), dtype=np.uint8)
-    if isinstance(payload, np.ndarray):
-        src = payload.reshape(-1).view(np.uint8)
-    else:
-        src = np.frombuffer(payload, dtype=np.uint8)
-    n = min(len(src), blocks * BLOCK)
-    full, rest = divmod(n, BLOCK)
-    if full:
-        out[:full, BLOCK_HEADER:] = src[: full * BLOCK].reshape(full, BLOCK)
-    if full < blocks:
-        out[full:, BLOCK_HEADER:] = 0xFF
-    if rest:
-        out[full, BLOCK_HEADER : BLOCK_HEADER + rest] = src[full * BLOCK : n]
-    return out
-
-
-def set_fetch_headers(wire: np.ndarray, ref: int) -> None:
-    wire[:, :BLOCK_HEADER] = np.frombuffer(b"<%02X:" % ref, dtype=np.uint8)
-
-
-def encode_fetch_reply(ref: int, payload: bytes | memoryview | np.ndarray, blocks: int) -> bytes:
-    """``blocks`` x (``<xx:`` + 1024 bytes); payload padded with 0xFF if short."""
-    wire = fetch_wire(payload, blocks)
-    set_fetch_headers(wire, ref)
-    return wire.tobytes()
-
-
-class FetchDecoder:
-    """Receive a FETCH reply block by block into one preallocated buffer.
-
-    The I/O layer asks for :meth:`writable` (a memoryview to ``recv_into``),
-    then reports how many bytes arrived with :meth:`advance`.  Each block's
-    4-byte header is checked as soon as the block is complete, so a ``?xx``
-    error or a wrong reference is caught at the block where it happens, and
-    headers are stripped per block (never by searching the data).
-    """
-
-    def __init__(self, ref: int, blocks: int, buffer: np.ndarray | None = None) -> None:
-        self.ref = ref
-        self.blocks = blocks
-        self.header = b"<%02X:" % ref
-        need = blocks * BLOCK_WIRE
-        if buffer is not None and buffer.dtype == np.uint8 and buffer.size >= need:
-            self._buf = buffer.reshape(-1)[:need]  # reuse: no page faults while receiving
-        else:
-            self._buf = np.empty(need, dtype=np.uint8)
-        self._rows = self._buf.reshape(blocks, BLOCK_WIRE) if blocks else None
-        self._hdr = np.frombuffer(self.header, dtype=np.uint8)
-        self.received = 0
-        self.checked = 0  # complete blocks whose header has been verified
-        self.delivered = 0  # blocks handed out by take()
-
-    @property
-    def total(self) -> int:
-        return self.blocks * BLOCK_WIRE
-
-    @property
-    def done(self) -> bool:
-        return self.checked == self.blocks
-
-    def writable(self) -> memoryview:
-        return memoryview(self._buf)[self.received :]
-
-    def advance(self, n: int) -> None:
-        if n <= 0:
-            return
-        self.received = min(self.total, self.received + n)
-        complete = self.received // BLOCK_WIRE
-        if complete > self.checked:
-            heads = self._rows[self.checked : complete, :BLOCK_HEADER]
-            bad = np.nonzero(~np.all(heads == self._hdr, axis=1))[0]
-            if len(bad):
-                self._fail(self.checked + int(bad[0]))
-            self.checked = complete
-        # an error reply can be shorter than a block: look at a partial header
-        part = self.received - self.checked * BLOCK_WIRE
-        if part and self.checked < self.blocks:
-            start = self.checked * BLOCK_WIRE
-            got = bytes(self._buf[start : start + min(part, BLOCK_HEADER)])
-            if not self.header.startswith(got):
-                self._fail(self.checked)
-
-    def _fail(self, block: int) -> None:
-        start = block * BLOCK_WIRE
-        got = bytes(self._buf[start : start + BLOCK_HEADER])
-        if got[:1] == b"?":
-            raise ProtocolError(f"controller error reply at FETCH block {block}")
-        raise ProtocolError(
-            f"bad FETCH block header {got!r} at block {block} (want {self.header!r})"
-        )
-
-    def take(self) -> np.ndarray:
-        """Data parts (k, 1024) of the blocks verified since the last call."""
-        start, self.delivered = self.delivered, self.checked
-        if self._rows is None:
-            return np.empty((0, BLOCK), dtype=np.uint8)
-        return self._rows[start : self.checked, BLOCK_HEADER:]
-
-    def payload(self, nbytes: int | None = None) -> np.ndarray:
-        """The data bytes with every header removed (first ``nbytes`` of them)."""
-        if not self.done:
-            raise ProtocolError(f"FETCH incomplete: {self.checked} of {self.blocks} blocks")
-        if not self.blocks:
-            return np.empty(0, dtype=np.uint8)
-        data = np.array(self._rows[:, BLOCK_HEADER:], copy=True).reshape(-1)  # never a view
-        return data if nbytes is None else data[:nbytes]
-
-
-# ---------------------------------------------------------------------------
-# FRAME status
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class BufferStatus:
-    index: int  # 1-based
-    sample: int = 0
-    complete: int = 0
-    mode: int = 0
-    base: int = 0
-    frame: int = 0
-    width: int = 0
-    height: int = 0
-    pixels: int = 0
-    lines: int = 0
-    rawoffset: int = 0
-    timestamp: int = 0
-
-
-@dataclass
-class FrameStatus:
-    timer: int = 0
-    rbuf: int = 0
-    wbuf: int = 0
-    buffers: list[BufferStatus] = field(default_factory=list)
-
-    def newest(self) -> BufferStatus | None:
-        """The complete buffer with the highest frame number (camerad's rule)."""
-        done = [b for b in self.buffers if b.complete]
-        if not done:
-            return None
-        return max(done, key=lambda b: b.frame)
-
-    def find_frame(self, number: int) -> BufferStatus | None:
-        for b in self.buffers:
-            if b.complete and b.frame == number:
-                return b
-        return None
-
-    def writing(self) -> BufferStatus | None:
-        for b in self.buffers:
-            if b.index == self.wbuf:
-                return b
-        return None
-
-
-_BUF_FIELDS = {
-    "SAMPLE": "sample",
-    "COMPLETE": "complete",
-    "MODE": "mode",
-    "BASE": "base",
-    "FRAME": "frame",
-    "WIDTH": "width",
-    "HEIGHT": "height",
-    "PIXELS": "pixels",
-    "LINES": "lines",
-    "RAWOFFSET": "rawoffset",
-    "TIMESTAMP": "timestamp",
-}
-_BUFKEY_RE = re.compile(r"^BUF(\d)([A-Z]+)$")
-
-
-def _num(key: str, value: str) -> int:
-    try:
-        return int(value, 16) if "TIME" in key else int(value)
-    except ValueError:
-        raise ProtocolError(f"{key}: not a number: {value[:20]!r}") from None
-
-
-def parse_frame(text: str) -> FrameStatus:
-    kv = parse_kv(text)
-    fs = FrameStatus()
-    bufs: dict[int, BufferStatus] = {}
-    for k, v in kv.items():
-        if k == "TIMER":
-            fs.timer = _num(k, v)
-        elif k == "RBUF":
-            fs.rbuf = _num(k, v)
-        elif k == "WBUF":
-            fs.wbuf = _num(k, v)
-        else:
-            m = _BUFKEY_RE.match(k)
-            if m and m.group(2) in _BUF_FIELDS:
-                n = int(m.group(1))
-                b = bufs.setdefault(n, BufferStatus(n))
-                setattr(b, _BUF_FIELDS[m.group(2)], _num(k, v))
-    fs.buffers = [bufs[i] for i in sorted(bufs)]
-    return fs
-
-
-def format_frame(fs: FrameStatus) -> str:
-    items: dict[str, object] = {
-        "TIMER": timer_text(fs.timer),
-        "RBUF": fs.rbuf,
-        "WBUF": fs.wbuf,
-    }
-    for b in fs.buffers:
-        n = b.index
-        items.update(
-            {
-                f"BUF{n}SAMPLE": b.sample,
-                f"BUF{n}COMPLETE": b.complete,
-                f"BUF{n}MODE": b.mode,
-                f"BUF{n}BASE": b.base,
-                f"BUF{n}FRAME": b.frame,
-                f"BUF{n}WIDTH": b.width,
-                f"BUF{n}HEIGHT": b.height,
-                f"BUF{n}PIXELS": b.pixels,
-                f"BUF{n}LINES": b.lines,
-                f"BUF{n}RAWBLOCKS": 0,
-                f"BUF{n}RAWLINES": 0,
-                f"BUF{n}RAWOFFSET": b.rawoffset,
-                f"BUF{n}TIMESTAMP": timer_text(b.timestamp),
-            }
-        )
-    return format_kv(items)
-
-
-# ---------------------------------------------------------------------------
-# Module types (SYSTEM reply)
-# ---------------------------------------------------------------------------
-
-MODULE_TYPES = {
-    0: "none",
-    1: "Driver",
-    2: "AD",
-    3: "LVBias",
-    4: "HVBias",
-    5: "Heater",
-    7: "HS",
-    8: "HVXBias",
-    9: "LVXBias",
-    10: "LVDS",
-    11: "HeaterX",
-    12: "XVBias",
-    13: "ADF",
-    14: "ADX",
-    15: "ADLN",
-}
-
-
-def module_types(system: dict[str, str]) -> dict[int, str]:
-    """Slot number (1-based) -> module type name, from a SYSTEM reply."""
-    out: dict[int, str] = {}
-    for slot in range(1, 13):
-        v = system.get(f"MOD{slot}_TYPE")
-        if v is None:
-            continue
-        try:
-            code = int(v)
-        except ValueError:
-            continue
-        if code:
-            out[slot] = MODULE_TYPES.get(code, f"type{code}")
-    return out
-
-
-# ---------------------------------------------------------------------------
-# ACF files and geometry
-# ---------------------------------------------------------------------------
-
-
-class AcfError(ValueError):
-    """An ACF file that cannot be used."""
-
-
-@dataclass
-class Mode:
-    name: str
-    acf: dict[str, str] = field(default_factory=dict)  # ACF:KEY=VALUE overrides
-    arch: dict[str, str] = field(default_factory=dict)  # ARCH:KEY=VALUE
-    fits: dict[str, tuple[str, str]] = field(default_factory=dict)  # FITS:KEY=VALUE/COMMENT
-
-
-@dataclass
-class Acf:
-    """The parts of an ACF file camerad uses.
-
-    ``lines`` is the controller configuration memory in order (line number =
-    index); ``params`` maps a parameter name to its line number.
-    """
-
-    lines: list[tuple[str, str]] = field(default_factory=list)
-    system: dict[str, str] = field(default_factory=dict)
-    modes: dict[str, Mode] = field(default_factory=dict)
-
-    def index(self) -> dict[str, int]:
-        return {k: i for i, (k, _) in enumerate(self.lines)}
-
-    def params(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for i, (k, v) in enumerate(self.lines):
-            entry = param_entry(k, v)
-            if entry is not None:
-                out[entry[0]] = i
-        return out
-
-    def values(self) -> dict[str, str]:
-        return dict(self.lines)
-
-
-def normalize_acf_line(key: str, value: str) -> tuple[str, str]:
-    """Tabs to spaces, backslashes to slashes, double quotes removed."""
-    key = key.replace("\t", " ").replace("\\", "/").replace('"', "").strip()
-    value = value.replace("\t", " ").replace("\\", "/").replace('"', "").strip()
-    return key, value
-
-
-_SECTION_RE = re.compile(r"^\[([^\]]+)\]$")
-
-
-def parse_acf(text: str, source: str = "<acf>") -> Acf:
-    acf = Acf()
-    section = ""
-    mode: Mode | None = None
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith((";", "#")):
-            continue
-        m = _SECTION_RE.match(line)
-        if m:
-            section = m.group(1).strip().upper()
-            mode = None
-            if section.startswith("MODE_"):
-                name = section[5:]
-                if not name:
-                    raise AcfError(f"{source}:{lineno}: empty mode name")
-                if name == "RAW":
-                    raise AcfError(f"{source}:{lineno}: mode name RAW is reserved")
-                if name in acf.modes:
-                    raise AcfError(f"{source}:{lineno}: duplicate mode {name}")
-                mode = acf.modes[name] = Mode(name)
-            continue
-        if "=" not in line:
-            raise AcfError(f"{source}:{lineno}: expected KEY=VALUE, got {line[:60]!r}")
-        key, value = line.split("=", 1)
-        if section == "CONFIG":
-            acf.lines.append(normalize_acf_line(key, value))
-        elif section == "SYSTEM":
-            k, v = normalize_acf_line(key, value)
-            acf.system[k] = v
-        elif mode is not None:
-            kind, _, rest = line.partition(":")
-            kind = kind.strip().upper()
-            if "=" not in rest:
-                raise AcfError(f"{source}:{lineno}: expected {kind}:KEY=VALUE")
-            k, v = rest.split("=", 1)
-            if kind == "ACF":
-                k, v = normalize_acf_line(k, v)
-                mode.acf[k] = v
-            elif kind == "ARCH":
-                mode.arch[k.strip().upper()] = v.strip()
-            elif kind == "FITS":
-                val, _, comment = v.partition("/")
-                mode.fits[k.strip().upper()[:8]] = (val.strip(), comment.strip())
-            else:
-                raise AcfError(f"{source}:{lineno}: unknown mode line type {kind!r}")
-    if not acf.lines:
-        raise AcfError(f"{source}: no [CONFIG] section")
-    if len(acf.lines) > 0xFFFF:
-        raise AcfError(f"{source}: more than 65535 configuration lines")
-    idx = acf.index()
-    params = acf.params()
-    for m in acf.modes.values():
-        for k in m.acf:
-            if k not in idx and k not in params:
-                raise AcfError(f"{source}: mode {m.name}: ACF:{k} is not in [CONFIG]")
-    if "DEFAULT" not in acf.modes:
-        raise AcfError(f"{source}: no [MODE_DEFAULT] section")
-    for m in acf.modes.values():
-        for k in ("NUM_DETECT", "HORI_AMPS", "VERT_AMPS"):
-            if m.name == "DEFAULT" and k not in m.arch:
-                raise AcfError(f"{source}: [MODE_DEFAULT] needs ARCH:{k}")
-    return acf
-
-
-GEOMETRY_KEYS = (
-    "FRAMEMODE",
-    "LINECOUNT",
-    "PIXELCOUNT",
-    "RAWENABLE",
-    "RAWSEL",
-    "RAWSAMPLES",
-    "RAWENDLINE",
-    "BIGBUF",
-    "SAMPLEMODE",
-    "TAPLINES",
-)
-
-
-@dataclass
-class Geometry:
-    cols: int  # image width of one detector
-    rows: int
-    num_detect: int
-    hori_amps: int
-    vert_amps: int
-    bytes_per_pixel: int
-    raw: bool
-    framemode: int
-    activebufs: int
-    amp_sections: list[tuple[int, int, int, int]] = field(default_factory=list)
-
-    @property
-    def width(self) -> int:
-        """Width of the frame buffer image (detectors side by side)."""
-        return self.cols * self.num_detect
-
-    @property
-    def height(self) -> int:
-        return self.rows
-
-    @property
-    def image_bytes(self) -> int:
-        return self.width * self.height * self.bytes_per_pixel
-
-    @property
-    def blocks(self) -> int:
-        return blocks_for(self.image_bytes)
-
-    @property
-    def bitpix(self) -> int:
-        return 16 if self.bytes_per_pixel == 2 else 32
-
-
-def _int_key(values: dict[str, str], key: str, lo: int = 0) -> int:
-    if key not in values:
-        raise AcfError(f"ACF key {key} missing")
-    try:
-        v = int(values[key])
-    except ValueError:
-        raise AcfError(f"ACF key {key} is not an integer: {values[key]!r}") from None
-    if v < lo:
-        raise AcfError(f"ACF key {key} must be >= {lo}: {v}")
-    return v
-
-
-def compute_geometry(values: dict[str, str], arch: dict[str, str], raw: bool = False) -> Geometry:
-    """Image geometry from config-memory values and a mode's ARCH: keys."""
-    for k in GEOMETRY_KEYS:
-        if k not in values:
-            raise AcfError(f"ACF key {k} missing")
-    num = _int_key(arch, "NUM_DETECT", 1)
-    hori = _int_key(arch, "HORI_AMPS", 1)
-    vert = _int_key(arch, "VERT_AMPS", 1)
-    framemode = _int_key(values, "FRAMEMODE")
-    pixelcount = _int_key(values, "PIXELCOUNT", 1)
-    linecount = _int_key(values, "LINECOUNT", 1)
-    samplemode = _int_key(values, "SAMPLEMODE")
-    bigbuf = _int_key(values, "BIGBUF")
-    activebufs = 2 if bigbuf == 1 else 3
-    if raw:
-        cols = _int_key(values, "RAWSAMPLES", 1)
-        rows = _int_key(values, "RAWENDLINE") + 1
-        return Geometry(cols, rows, 1, 1, 1, 2, True, framemode, activebufs, [(1, cols, 1, rows)])
-    cols = pixelcount * hori
-    rows = linecount * vert
-    sections: list[tuple[int, int, int, int]] = []
-    if framemode == 2:
-        for y in range(vert):
-            for x in range(hori):
-                sections.append(
-                    (
-                        x * pixelcount + 1,
-                        (x + 1) * pixelcount,
-                        y * linecount + 1,
-                        (y + 1) * linecount,
-                    )
-                )
-    else:
-        for x in range(hori):
-            sections.append((x * pixelcount + 1, (x + 1) * pixelcount, 1, rows))
-    bpp = 2 if samplemode == 0 else 4
-    return Geometry(cols, rows, num, hori, vert, bpp, False, framemode, activebufs, sections)
-
-
-_TAPLINE_RE = re.compile(r"^(AD|AM)(\d+)[LR]?$", re.I)
-
-
-def tap_gains(values: dict[str, str]) -> dict[int, tuple[str, str]]:
-    """0-based AD channel -> (gain, offset) from ``TAPLINEn=ADxx[L|R],gain,offset``."""
-    out: dict[int, tuple[str, str]] = {}
-    for k, v in values.items():
-        if not re.match(r"^TAPLINE\d+$", k):
-            continue
-        parts = [p.strip() for p in v.split(",")]
-        if len(parts) != 3:
-            continue
-        m = _TAPLINE_RE.match(parts[0])
-        if not m:
-            continue
-        out[int(m.group(2)) - 1] = (parts[1], parts[2])
-    return out
-
+from common.badinput import BadInput
+from common.framing import LineBuffer, OverlongLine
 
 # ---------------------------------------------------------------------------
 # camerad client protocol
@@ -721,6 +45,74 @@ def decode_command_line(data: bytes) -> str | None:
     return text.replace("\t", " ")
 
 
+@dataclass(frozen=True)
+class CommandLine:
+    """One command line as text (printable ASCII, tabs made spaces)."""
+
+    text: str
+
+
+class Overlong(BadInput):
+    """A command line longer than :data:`MAX_COMMAND_LINE` (skipped)."""
+
+
+class NotText(BadInput):
+    """A command line with non-printable or non-ASCII bytes (skipped)."""
+
+
+def decode_line(data: bytes) -> CommandLine | NotText:
+    """A received line (newline removed) as a :class:`CommandLine`."""
+    text = decode_command_line(data)
+    if text is None:
+        return NotText("command contains non-printable or non-ASCII bytes", len(data))
+    return CommandLine(text)
+
+
+def overlong(size: int) -> Overlong:
+    return Overlong(f"command line too long ({size} bytes, limit {MAX_COMMAND_LINE})", size)
+
+
+class CommandStream:
+    """Bytes of a command port in any split -> :class:`CommandLine` / BadInput."""
+
+    def __init__(self, max_line: int = MAX_COMMAND_LINE) -> None:
+        self.frames = LineBuffer(max_line=max_line)
+        self._ready: list[bytes | OverlongLine] = []
+
+    def feed(self, data: bytes) -> None:
+        self._ready.extend(self.frames.feed(data))
+        if len(self._ready) > 1024:  # bounded: a burst of lines keeps only the newest
+            del self._ready[:-1024]
+
+    def pending_lines(self) -> int:
+        return len(self._ready)
+
+    def clear(self) -> int:
+        """Forget complete and partial lines; return how many were dropped."""
+        dropped = len(self._ready)
+        self._ready.clear()
+        if len(self.frames):  # (an overlong line being skipped stays skipped)
+            dropped += 1
+            self.frames.feed(b"\n")
+            self._ready.clear()
+        return dropped
+
+    def at_eof(self) -> CommandLine | BadInput | None:
+        """The partial line left at end of input (``echo -n cmd | nc``), if any."""
+        if self.frames.discarding:
+            return overlong(self.frames.discarding)
+        rest = self.frames.pending()
+        return decode_line(rest) if rest else None
+
+    def next_event(self) -> CommandLine | BadInput | None:
+        if not self._ready:
+            return None
+        item = self._ready.pop(0)
+        if isinstance(item, OverlongLine):
+            return overlong(item.size)
+        return decode_line(item)
+
+
 def format_done(value: str = "") -> str:
     return f"{value} DONE" if value else "DONE"
 
@@ -739,6 +131,30 @@ def async_message(tag: str, message: str) -> bytes:
 
 
 MAX_DATAGRAM = 8192
+
+
+@dataclass(frozen=True)
+class AsyncMessage:
+    """One async datagram: ``TAG:message`` (a datagram without a colon has tag "")."""
+
+    tag: str
+    text: str
+
+    def line(self) -> str:
+        return f"{self.tag}:{self.text}" if self.tag else self.text
+
+
+def decode_async(data: bytes) -> AsyncMessage | NotText:
+    """A received async datagram; :class:`NotText` for non-ASCII or control bytes."""
+    if len(data) > MAX_DATAGRAM:
+        return NotText(f"datagram longer than {MAX_DATAGRAM} bytes", len(data))
+    text = decode_command_line(data)
+    if text is None:
+        return NotText("datagram is not printable ASCII", len(data))
+    tag, sep, rest = text.partition(":")
+    if not sep or not tag or " " in tag:
+        return AsyncMessage("", text)
+    return AsyncMessage(tag, rest)
 
 
 def native_async_lines(command: str, reply: str) -> list[str]:

@@ -1,11 +1,14 @@
 """camerad's socket layer: blocking port, non-blocking port, async multicast.
 
-* BLKPORT: one client at a time (up to 7 more wait their turn, further ones
-  are closed with a log line), kept open, telnet-friendly; one command at a time, and
-  lines that arrive while a command runs are discarded, as the original
-  documents.
-* NBPORT: one command per connection, a thread each, the reply, then close;
-  a connection that sends no complete line within 3 s is closed.
+* BLKPORT: one client at a time (up to BLK_MAX_CONNECTIONS - 1 more wait
+  their turn, further ones are closed with a log line), kept open,
+  telnet-friendly; one command at a time, and lines that arrive while a
+  command runs are discarded, as the original documents.
+* NBPORT: one command per connection, a thread each (at most
+  NB_MAX_CONNECTIONS), the reply, then close; a connection that sends no
+  complete line within 3 s is closed.
+* Both: clients outside ALLOW are closed at once; refusals are logged
+  through a LogLimiter.
 * ASYNCPORT/ASYNCGROUP: ``TAG:message`` datagrams, never blocking the
   sender; multicast (TTL 2, loopback on) or, for a unicast ASYNCGROUP
   address, plain UDP to that address.
@@ -16,14 +19,15 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import queue
 import socket
 import socketserver
 import threading
 import time
 
 from common import runtime
-from common.framing import LineBuffer, OverlongLine
-from common.server import LineHandler, ThreadedTCPServer
+from common.ratelimit import LogLimiter
+from common.server import LineHandler, ThreadedTCPServer, address_allowed, parse_allow
 
 from . import config as C
 from . import protocol as P
@@ -32,8 +36,105 @@ from .camera import Camera
 log = logging.getLogger("camerad")
 
 NB_TIMEOUT = 3.0
-NB_MAX_CONNECTIONS = 64
-BLK_MAX_WAITING = 7
+
+
+class CommandPortServer(ThreadedTCPServer):
+    """BLKPORT or NBPORT: ALLOW and the connection limit, refusals logged rate-limited.
+
+    With ``pooled`` (NBPORT) connections are served by worker threads that
+    are kept and reused, never more than the connection limit: a one-shot
+    connection then costs no thread start.  Each accepted connection is
+    assigned a free worker or, when none is free, a new one, so no
+    connection waits for another to finish.
+    """
+
+    limiter: LogLimiter
+    pooled = False
+
+    def __init__(self, *args, pooled: bool = False, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.pooled = pooled
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._pool_lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+        self._free = 0
+
+    def process_request(self, request, client_address) -> None:
+        if not self.pooled:
+            super().process_request(request, client_address)
+            return
+        self.accepted += 1
+        with self._clients_lock:
+            self._clients[request] = None
+        with self._pool_lock:
+            if self._free:
+                self._free -= 1
+            else:
+                self._workers = [t for t in self._workers if t.is_alive()]
+                t = threading.Thread(target=self._work, name=f"{self.name}-worker", daemon=True)
+                self._workers.append(t)
+                t.start()
+        self._jobs.put((request, client_address))
+
+    def _work(self) -> None:
+        me = threading.current_thread()
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            request, client_address = job
+            with self._clients_lock:
+                if request in self._clients:
+                    self._clients[request] = me
+            self.process_request_thread(request, client_address)
+            with self._pool_lock:
+                # keep at most as many idle workers as connections allowed
+                if self._free >= self.max_connections or self.stopping:
+                    return
+                self._free += 1
+
+    def stop(self, timeout: float = 1.5) -> int:
+        self._stopping.set()
+        with self._pool_lock:
+            workers = list(self._workers)
+        for _ in workers:
+            self._jobs.put(None)  # idle workers end; busy ones after their client
+        left = super().stop(timeout)
+        for t in workers:
+            t.join(0.1)
+        return left
+
+    def configure(self, allow: list[str], max_connections: int) -> None:
+        """Apply ALLOW and the limit (at start and on SIGHUP)."""
+        self.allow = parse_allow(allow)
+        self.max_connections = max_connections
+
+    def verify_request(self, request, client_address) -> bool:
+        host = client_address[0]
+        if not address_allowed(host, self.allow):
+            self.refused += 1
+            self.limiter.log(
+                f"{self.name}: refused {host} (ALLOW)",
+                logging.WARNING,
+                "%s: refused connection from %s (not in ALLOW)",
+                self.name,
+                host,
+            )
+            return False
+        if self.stopping:
+            return False
+        if self.client_count() >= self.max_connections:
+            self.refused += 1
+            self.limiter.log(
+                f"{self.name}: refused {host} (limit)",
+                logging.WARNING,
+                "%s: refused connection from %s (already %d connections, the limit)",
+                self.name,
+                host,
+                self.max_connections,
+            )
+            return False
+        return True
 
 
 class AsyncSender:
@@ -138,7 +239,7 @@ class BlockingHandler(socketserver.BaseRequestHandler):
         camera: Camera = self.server.camera
         sock: socket.socket = self.request
         log.info("blocking port: connection from %s", peer)
-        frames = LineBuffer(max_line=P.MAX_COMMAND_LINE)
+        stream = P.CommandStream()
         while True:
             try:
                 data = sock.recv(65536)
@@ -146,18 +247,27 @@ class BlockingHandler(socketserver.BaseRequestHandler):
                 break
             if not data:
                 break
-            lines = frames.feed(data)
-            if not lines:
+            stream.feed(data)
+            event = stream.next_event()
+            if event is None:
                 continue
-            if len(lines) > 1:
-                log.warning("blocking port: %d command(s) ignored (sent together)", len(lines) - 1)
-            reply = respond(camera, lines[0], peer)
+            together = stream.pending_lines()
+            if together:
+                self.server.limiter.log(
+                    f"blocking port: commands sent together by {self.client_address[0]}",
+                    logging.WARNING,
+                    "blocking port: %d command(s) ignored (sent together)",
+                    together,
+                )
+            reply = respond(camera, event, peer)
             if reply is None:
                 return
             # lines that arrived while the command ran are ignored (documented)
-            ignored = _discard_pending(sock, frames)
+            ignored = _discard_pending(sock, stream) - together
             if ignored:
-                log.warning(
+                self.server.limiter.log(
+                    f"blocking port: commands sent early by {self.client_address[0]}",
+                    logging.WARNING,
                     "blocking port: %d command(s) sent before the previous one completed ignored",
                     ignored,
                 )
@@ -169,9 +279,8 @@ class BlockingHandler(socketserver.BaseRequestHandler):
         log.info("blocking port: %s disconnected", peer)
 
 
-def _discard_pending(sock: socket.socket, frames: LineBuffer) -> int:
-    """Drop what arrived while a command ran; return the number of lines dropped."""
-    dropped = 0
+def _discard_pending(sock: socket.socket, stream: P.CommandStream) -> int:
+    """Drop what is buffered or arrived while a command ran; return the lines dropped."""
     sock.setblocking(False)
     try:
         for _ in range(1024):
@@ -183,34 +292,28 @@ def _discard_pending(sock: socket.socket, frames: LineBuffer) -> int:
                 break
             if not data:
                 break
-            dropped += len(frames.feed(data))
+            stream.feed(data)
     finally:
         sock.setblocking(True)
-    if len(frames):
-        dropped += 1
-        frames.feed(b"\n")  # drop the partial line too
-    return dropped
+    return stream.clear()  # complete lines and a partial one
 
 
-def respond(camera: Camera, line: bytes | OverlongLine, peer: str) -> str | None:
-    """Reply text for one received line (without newline); None = close (exit)."""
-    if isinstance(line, OverlongLine):
-        msg = f"command line too long ({line.size} bytes, limit {P.MAX_COMMAND_LINE})"
-        log.warning("%s: %s", peer, msg)
-        camera.notify("ERROR", f" {msg}")
-        return P.format_error(msg, camera.longerror)
-    text = P.decode_command_line(line)
-    if text is None:
-        msg = "command contains non-printable or non-ASCII bytes"
-        log.warning("%s: %s: %r", peer, msg, line[:40])
-        camera.notify("ERROR", f" {msg}")
-        return P.format_error(msg, camera.longerror)
+def respond(camera: Camera, event: P.CommandLine | P.BadInput, peer: str) -> str | None:
+    """Reply text for one command line (without newline); None = close (exit)."""
+    if isinstance(event, P.BadInput):
+        host = peer.rsplit(":", 1)[0]
+        camera.limiter.log(
+            f"bad command line from {host}", logging.WARNING, "%s: %s", peer, event.reason
+        )
+        camera.notify("ERROR", f" {event.reason}")
+        return P.format_error(event.reason, camera.longerror)
+    text = event.text
     if not text.strip():
         return ""
-    log.info("%s: command %s", peer, text[:200])
+    log.debug("%s: command %s", peer, text[:200])
     reply = camera.execute(text)
-    if reply is not None:
-        log.info("%s: reply %s", peer, reply[:200])
+    # one line per command (command and reply): the log is on the NB port's hot path
+    log.info("%s: %s -> %s", peer, text[:200], "(exit)" if reply is None else reply[:200])
     return reply
 
 
@@ -220,18 +323,24 @@ class NonBlockingHandler(LineHandler):
     max_line = P.MAX_COMMAND_LINE
     timeout = NB_TIMEOUT
 
+    def setup(self) -> None:
+        # no SocketReader: the command is read by _read_command
+        self.peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        self.request.settimeout(NB_TIMEOUT)
+
     def handle(self) -> None:
         camera: Camera = self.server.camera
         line = self._read_command()
         if line is None:
             return
-        self.request.settimeout(None)
+        # the reply goes out with the socket timeout still NB_TIMEOUT: a
+        # client that does not read its reply cannot hold the thread
         reply = respond(camera, line, self.peer)
         if reply is None:
             return
         self.send_line(reply)
 
-    def _read_command(self) -> bytes | OverlongLine | None:
+    def _read_command(self) -> P.CommandLine | P.BadInput | None:
         """The first line, if it is complete within NB_TIMEOUT of the connection.
 
         The 3 s bound the whole line, not each read: a client trickling a
@@ -239,18 +348,23 @@ class NonBlockingHandler(LineHandler):
         as the command (``echo -n cmd | nc``).
         """
         sock: socket.socket = self.request
-        frames = LineBuffer(max_line=P.MAX_COMMAND_LINE)
+        stream = P.CommandStream()
         deadline = time.monotonic() + NB_TIMEOUT
+        first = True  # the socket timeout is NB_TIMEOUT already (setup)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                log.info(
+                self.server.limiter.log(
+                    f"non-blocking port: silent client {self.client_address[0]}",
+                    logging.INFO,
                     "non-blocking port: %s sent no complete line in %g s; closed",
                     self.peer,
                     NB_TIMEOUT,
                 )
                 return None
-            sock.settimeout(left)
+            if not first:
+                sock.settimeout(left)
+            first = False
             try:
                 data = sock.recv(65536)
             except TimeoutError:
@@ -258,12 +372,11 @@ class NonBlockingHandler(LineHandler):
             except OSError:
                 return None
             if not data:
-                if frames.discarding:
-                    return OverlongLine(frames.discarding)
-                return frames.pending() or None
-            lines = frames.feed(data)
-            if lines:
-                return lines[0]
+                return stream.at_eof()
+            stream.feed(data)
+            event = stream.next_event()
+            if event is not None:
+                return event
 
 
 class Camerad(runtime.Service):
@@ -280,27 +393,29 @@ class Camerad(runtime.Service):
     def bind(self):
         addr = self.cfg.bindaddr
         # one client is served at a time; a few more wait their turn (as in the
-        # listen backlog of the original), beyond that they are refused
-        self.blk = ThreadedTCPServer(
-            (addr, self.cfg.blkport),
-            BlockingHandler,
-            name="blocking port",
-            max_connections=BLK_MAX_WAITING + 1,
+        # listen backlog of the original), beyond BLK_MAX_CONNECTIONS they are refused
+        self.blk = CommandPortServer(
+            (addr, self.cfg.blkport), BlockingHandler, name="blocking port"
         )
         self.blk.slot = threading.Semaphore(1)
         try:
-            self.nb = ThreadedTCPServer(
-                (addr, self.cfg.nbport),
-                NonBlockingHandler,
-                name="non-blocking port",
-                max_connections=NB_MAX_CONNECTIONS,
+            self.nb = CommandPortServer(
+                (addr, self.cfg.nbport), NonBlockingHandler, name="non-blocking port", pooled=True
             )
         except OSError:
             self.blk.server_close()
             raise
         for srv in (self.blk, self.nb):
             srv.camera = self.camera
+            srv.limiter = self.camera.limiter
+        self._configure_ports(self.cfg)
         return [self.blk, self.nb]
+
+    def _configure_ports(self, cfg: C.CameraConfig) -> None:
+        self.blk.configure(cfg.allow, cfg.blk_max_connections)
+        self.nb.configure(cfg.allow, cfg.nb_max_connections)
+        if cfg.allow:
+            log.info("command ports accept clients from %s only", ", ".join(cfg.allow))
 
     def start(self) -> None:
         self.sender.configure(self.cfg)
@@ -325,9 +440,15 @@ class Camerad(runtime.Service):
                 self.cfg.nbport,
                 self.cfg.bindaddr,
             )
+        if new.log_utc != self.cfg.log_utc:
+            log.warning("TM_ZONE_LOG change needs a restart; the log keeps its time zone")
+        if new.tz_env and new.tz_env != self.cfg.tz_env:
+            new.apply_tz()
+            log.info("TZ_ENV: local time is now %s", new.tz_env)
         if new.logpath != self.cfg.logpath:
             log.warning("LOGPATH change needs a restart; still logging to %s", self.cfg.logpath)
         self.cfg = new
+        self._configure_ports(new)
         self.camera.apply_config(new)
         self.sender.configure(new)
         for item in new.applied:

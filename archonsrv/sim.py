@@ -1,16 +1,20 @@
 """archonsim: a simulated STA Archon CCD controller on TCP.
 
-It speaks the Archon protocol of :mod:`archonsrv.protocol` (``>xxCMD`` /
+It speaks the Archon protocol of :mod:`archonsrv.archon` (``>xxCMD`` /
 ``<xx...`` / ``?xx``): configuration memory (WCONFIG, RCONFIG, CLEARCONFIG),
 APPLY* and LOAD* commands, parameters (PREPPARAM/LOADPARAM and their FAST
 variants), POWERON/POWEROFF, SYSTEM, STATUS, FRAME, TIMER, FETCHLOG, LOCKn
 and FETCH.  Writing a value N > 0 to the exposure parameter starts N
-exposures: the ``exptime`` parameter in real time, then a readout that fills
-a frame buffer line by line over 90 % of READOUT_TIME (visible in FRAME),
-with a synthetic image (bias, gradient, stars, noise; deterministic for a
-seed and frame number).  Unknown commands get no reply, as on the real
-controller.  Two extensions help tests: ``SIMFAULT name`` arms a one-shot
-fault and ``SIMTRIGGER`` acts as a pulse on the TRIGIN input.
+exposures: the exposure-time parameter (name and unit configurable) in real
+time, then a readout that fills a frame buffer line by line over 90 % of
+READOUT_TIME (visible in FRAME), with a synthetic image (bias, gradient,
+stars, noise; deterministic for a seed and frame number).  HOLDTIMING stops
+all progress until RELEASETIMING; an optional readout parameter defers the
+readout, an optional abort parameter ends an integration.  Parameter names
+match in any case.  Unknown command words get no reply, as on the real
+controller; malformed forms of known commands get ``?xx``.  Two extensions
+help tests: ``SIMFAULT name`` arms a fault and ``SIMTRIGGER`` acts as a
+pulse on the TRIGIN input.
 """
 
 from __future__ import annotations
@@ -30,17 +34,19 @@ import numpy as np
 from common import cli, runtime
 from common.config import MAX_CONFIG_BYTES, ConfigError, read_bounded, read_keyvalue
 from common.framing import OverlongLine
+from common.ratelimit import LogLimiter
 from common.server import ConnectionClosed, LineHandler, ThreadedTCPServer
 
-from . import protocol as P
+from . import archon as A
 from .config import CONFIG_MIN_LINE
+from .controller import ArchonError
 
 log = logging.getLogger("archonsim")
 
 DEFAULT_PORT = 4242
 DEFAULT_READOUT_MS = 500
 DEFAULT_SEED = 1
-FAULTS = ("FETCHDROP", "FETCHSHORT", "NOREADOUT", "NOREPLY")
+FAULTS = ("FETCHDROP", "FETCHSHORT", "NOREADOUT", "NOREPLY", "POWERBAD")
 
 DEFAULT_SYSTEM = {
     "BACKPLANE_TYPE": "2",
@@ -122,9 +128,9 @@ def build_wire(g: SimGeometry, seed: int, frame: int) -> tuple[np.ndarray, int]:
     npix = g.width * g.height
     if g.sample == 0 and not g.rawenable and npix:
         base = _base_image(g.width, g.height, seed).reshape(-1)
-        per = P.BLOCK // 2
-        blocks = P.blocks_for(npix * 2)
-        wire = np.empty((blocks, P.BLOCK_WIRE), dtype=np.uint8)
+        per = A.BLOCK // 2
+        blocks = A.blocks_for(npix * 2)
+        wire = np.empty((blocks, A.BLOCK_WIRE), dtype=np.uint8)
         w16 = wire.view("<u2")  # (blocks, 514): 2 header words, 512 pixels
         full, rest = divmod(npix, per)
         add = np.uint16(frame % 32)
@@ -133,20 +139,20 @@ def build_wire(g: SimGeometry, seed: int, frame: int) -> tuple[np.ndarray, int]:
         if rest:
             w16[full, 2 : 2 + rest] = base[full * per :] + add
             w16[full, 2 + rest :] = 0xFFFF
-        return wire, P.blocks_for(npix * 2) * P.BLOCK
+        return wire, A.blocks_for(npix * 2) * A.BLOCK
     image = synthetic_image(g.width, g.height, seed, frame, g.sample)
     data = image.reshape(-1).view(np.uint8)
-    rawoffset = P.blocks_for(len(data)) * P.BLOCK
+    rawoffset = A.blocks_for(len(data)) * A.BLOCK
     if g.rawenable and g.rawsamples and g.rawlines:
         raw = synthetic_raw(g.rawsamples, g.rawlines, frame).view(np.uint8)
         whole = np.full(rawoffset + len(raw), 0xFF, dtype=np.uint8)
         whole[: len(data)] = data
         whole[rawoffset:] = raw
         data = whole
-    return P.fetch_wire(data, P.blocks_for(len(data))), rawoffset
+    return A.fetch_wire(data, A.blocks_for(len(data))), rawoffset
 
 
-_BUF_FIELDS = dataclasses.fields(P.BufferStatus)
+_BUF_FIELDS = dataclasses.fields(A.BufferStatus)
 
 # ---------------------------------------------------------------------------
 # controller state
@@ -157,14 +163,18 @@ _BUF_FIELDS = dataclasses.fields(P.BufferStatus)
 class SimSettings:
     seed: int = DEFAULT_SEED
     readout_ms: int = DEFAULT_READOUT_MS
-    expose_param: str = "Expose"
+    expose_param: str = "Expose"  # exposure count: N > 0 starts N exposures
+    exptime_param: str = "exptime"  # integration time ...
+    exptime_unit_ms: float = 1.0  # ... in units of this many ms (IntCS: 10)
+    readout_param: str = ""  # if set, read out after integrating only when it is non-zero
+    abort_param: str = ""  # if set, a non-zero value ends the integration early
     trigin_expose_param: str = "TrigExpose"
     trigin_readout_param: str = "TrigReadout"
     system: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SYSTEM))
 
 
 @dataclass
-class SimBuffer(P.BufferStatus):
+class SimBuffer(A.BufferStatus):
     wire: np.ndarray | None = None  # the buffer as FETCH blocks (image, then raw)
 
 
@@ -194,7 +204,10 @@ class ArchonState:
         self.settings = settings
         self.lock = threading.RLock()
         self.config: dict[int, tuple[str, str]] = {}
-        self.params: dict[str, str] = {}  # values in effect in the timing core
+        self.params: dict[str, str] = {}  # upper-case name -> value in the timing core
+        self.pending = False  # an integrated frame waits for a readout
+        self.held = threading.Event()  # HOLDTIMING: the timing core makes no progress
+        self._abort = threading.Event()  # the abort parameter is non-zero
         self.power = 1  # not configured
         self.geom = SimGeometry()
         self.buffers: list[SimBuffer] = []
@@ -257,15 +270,16 @@ class ArchonState:
 
     def _load_params(self) -> None:
         for k, val in self.config.values():
-            entry = P.param_entry(k, val)
+            entry = A.param_entry(k, val)
             if entry is not None:
-                self.params[entry[0]] = entry[1]
+                self.params[entry[0].upper()] = entry[1]
 
     def _param_names(self) -> set[str]:
+        """Parameter names in upper case: clients may spell them in any case."""
         return {
-            entry[0]
+            entry[0].upper()
             for k, val in self.config.values()
-            if (entry := P.param_entry(k, val)) is not None
+            if (entry := A.param_entry(k, val)) is not None
         }
 
     # -- commands ----------------------------------------------------------
@@ -273,7 +287,7 @@ class ArchonState:
         """Reply text, a FetchReply, False for an error reply, None for no reply."""
         with self.lock:
             self.count += 1
-            if "NOREPLY" in self.faults and not text.startswith("SIM"):
+            if "NOREPLY" in self.faults and not text.upper().startswith("SIM"):
                 self.faults.discard("NOREPLY")
                 return None
             return self._dispatch(text)
@@ -285,35 +299,37 @@ class ArchonState:
         if text == "STATUS":
             return self._status()
         if text == "FRAME":
-            return P.format_frame(self._frame())
+            return A.format_frame(self._frame())
         if text == "TIMER":
-            return f"TIMER={P.timer_text(self.ticks())}"
+            return f"TIMER={A.timer_text(self.ticks())}"
         if text == "FETCHLOG":
             return self.fetchlog.popleft() if self.fetchlog else "(null)"
         if text.startswith("WCONFIG"):
-            w = P.parse_wconfig(text)
+            w = A.parse_wconfig(text)
             if w is None:
                 return False
             line, k, v = w
             self.config[line] = (k, v)
             return ""
         if text.startswith("RCONFIG"):
-            line = P.parse_rconfig(text)
-            if line is None or line not in self.config:
+            line = A.parse_rconfig(text)
+            if line is None:
                 return False
+            if line not in self.config:
+                return ""  # an unused line reads back empty, as on the hardware
             k, v = self.config[line]
             return f"{k}={v}"
         if text == "CLEARCONFIG":
             self.config.clear()
             return ""
-        if text in (
-            "POLLOFF",
-            "POLLON",
-            "APPLYSYSTEM",
-            "RESETTIMING",
-            "HOLDTIMING",
-            "RELEASETIMING",
-        ):
+        if text in ("POLLOFF", "POLLON", "APPLYSYSTEM", "RESETTIMING"):
+            return ""
+        if text == "HOLDTIMING":
+            self.held.set()
+            return ""
+        if text == "RELEASETIMING":
+            self.held.clear()
+            self._maybe_read_pending()
             return ""
         if text == "APPLYALL":
             self._apply_geometry()
@@ -331,10 +347,9 @@ class ArchonState:
         if text == "LOADPARAMS":
             self._load_params()
             return ""
-        if len(text) == 10 and text.startswith(("APPLYMOD", "APPLYDIO")):
-            try:
-                int(text[8:], 16)
-            except ValueError:
+        if text.startswith(("APPLYMOD", "APPLYDIO")):
+            if A.parse_module_suffix(text[8:]) is None:
+                self._log(f"{text[:8]}: bad module number")
                 return False
             return ""
         if text == "POWERON":
@@ -348,10 +363,10 @@ class ArchonState:
             return ""
         if word in ("PREPPARAM", "FASTPREPPARAM", "LOADPARAM", "FASTLOADPARAM"):
             return self._param_command(word, text)
-        if text.startswith("LOCK") and text[4:].isdigit() and len(text) == 5:
-            n = int(text[4:])
-            if n > len(self.buffers):
+        if text.startswith("LOCK"):
+            if not (text[4:].isdigit() and len(text) == 5) or int(text[4:]) > len(self.buffers):
                 return False
+            n = int(text[4:])
             self.locked = n
             if n == 0:
                 self._start_prebuild()
@@ -364,6 +379,7 @@ class ArchonState:
             arg = text[9:].strip().upper()
             if arg == "NONE":
                 self.faults.clear()
+                self._log("faults cleared")
                 return ""
             if arg not in FAULTS:
                 return False
@@ -377,9 +393,10 @@ class ArchonState:
         parts = text.split()
         if len(parts) != 3:
             return False
-        name, value = parts[1], parts[2]
+        given, value = parts[1], parts[2]
+        name = given.upper()
         if name not in self._param_names():
-            self._log(f"{word}: unknown parameter {name}")
+            self._log(f"{word}: unknown parameter {given}")
             return False
         try:
             int(value, 0)
@@ -389,12 +406,43 @@ class ArchonState:
         if word in ("PREPPARAM", "FASTPREPPARAM"):
             return ""
         self.params[name] = value
-        if name == self.settings.expose_param:
+        s = self.settings
+        if name == s.expose_param.upper():
             if int(value, 0) > 0:
                 self._start_exposures()
             else:
                 self._cancel.set()  # the timing script stops integrating (abort)
+        elif s.abort_param and name == s.abort_param.upper():
+            if int(value, 0):
+                self._abort.set()  # integration ends now; readout as the readout parameter says
+            else:
+                self._abort.clear()
+        elif s.readout_param and name == s.readout_param.upper():
+            self._maybe_read_pending()
         return ""
+
+    def _readout_wanted(self) -> bool:
+        s = self.settings
+        return not s.readout_param or self._param_int(s.readout_param) != 0
+
+    def _maybe_read_pending(self) -> None:
+        """Read out a pending frame once allowed (readout parameter set, timing released)."""
+        if (
+            self.pending
+            and not self.held.is_set()
+            and self._readout_wanted()
+            and self._thread is None
+            and self._param_int(self.settings.expose_param) <= 0
+        ):
+            self.pending = False
+            self._start_exposures("readout")
+
+    def _exptime_s(self) -> float:
+        s = self.settings
+        unit = s.exptime_unit_ms / 1000.0
+        if self._param_int("longexposure"):
+            unit = 1.0  # camerad's ACF convention: exptime in seconds
+        return max(0, self._param_int(s.exptime_param)) * unit
 
     # -- exposures ---------------------------------------------------------
     def _start_exposures(self, trig: str | None = None) -> None:
@@ -414,15 +462,15 @@ class ArchonState:
 
     def _trigger(self):
         s = self.settings
-        if int(self.params.get(s.trigin_expose_param, "0") or 0) > 0:
+        if self._param_int(s.trigin_expose_param) > 0:
             self._start_exposures(s.trigin_expose_param)
-        elif int(self.params.get(s.trigin_readout_param, "0") or 0) > 0:
+        elif self._param_int(s.trigin_readout_param) > 0:
             self._start_exposures("readout")
         return ""
 
     def _param_int(self, name: str) -> int:
         try:
-            return int(self.params.get(name, "0"), 0)
+            return int(self.params.get(name.upper(), "0"), 0)
         except ValueError:
             return 0
 
@@ -430,6 +478,8 @@ class ArchonState:
         me = threading.current_thread()
         try:
             while not self._stop.is_set():
+                if not self._hold_wait():
+                    return
                 with self.lock:
                     name = trig if trig not in (None, "readout") else self.settings.expose_param
                     if trig == "readout":
@@ -439,13 +489,19 @@ class ArchonState:
                         if n <= 0:
                             self._thread = None
                             return
-                        self.params[name] = str(n - 1)
-                        unit = 1.0 if self._param_int("longexposure") else 0.001
-                        exptime_s = max(0, self._param_int("exptime")) * unit
+                        self.params[name.upper()] = str(n - 1)
+                        exptime_s = self._exptime_s()
+                        self.pending = False
                 if exptime_s and self._wait(exptime_s):
                     with self.lock:
                         self._cancel.clear()  # cancelled: look at the parameter again
                     continue
+                if trig is None:
+                    with self.lock:
+                        if not self._readout_wanted():
+                            self.pending = True
+                            self._log("integration done; readout pending")
+                            continue
                 self._readout()
                 if trig is not None:
                     with self.lock:
@@ -456,14 +512,32 @@ class ArchonState:
                 if self._thread is me:
                     self._thread = None
 
+    def _hold_wait(self) -> bool:
+        """Wait while the timing core is held; False when stopped."""
+        while self.held.is_set():
+            if self._stop.wait(0.01):
+                return False
+        return not self._stop.is_set()
+
     def _wait(self, seconds: float) -> bool:
-        """Sleep; True when stopped or the exposure was cancelled meanwhile."""
-        deadline = time.monotonic() + seconds
+        """Integrate (time passes only while not held); True when stopped or cancelled.
+
+        A non-zero abort parameter ends the integration early (False: go on).
+        """
+        left = seconds
+        last = time.monotonic()
         while True:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            if not self.held.is_set():
+                left -= now - last
+            last = now
             if left <= 0:
                 return False
-            if self._stop.wait(min(left, 0.05)) or self._cancel.is_set():
+            if self._abort.is_set():
+                with self.lock:
+                    self._log("integration ended by the abort parameter")
+                return False
+            if self._stop.wait(min(left, 0.02)) or self._cancel.is_set():
                 with self.lock:
                     self._log("exposure cancelled")
                 return True
@@ -486,10 +560,14 @@ class ArchonState:
             fault = "NOREADOUT" in self.faults
             self.faults.discard("NOREADOUT")
             duration = 0.9 * self.settings.readout_ms / 1000.0
-        t0 = time.monotonic()
         wire, rawoffset = self._take_wire(g, frame_no)
+        elapsed = 0.0
+        last = time.monotonic()
         while True:
-            elapsed = time.monotonic() - t0
+            now = time.monotonic()
+            if not self.held.is_set():  # no progress while the timing core is held
+                elapsed += now - last
+            last = now
             with self.lock:
                 frac = 1.0 if duration <= 0 else min(1.0, elapsed / duration)
                 buf.lines = int(g.height * frac)
@@ -500,7 +578,7 @@ class ArchonState:
                 return
             if frac >= 1.0:
                 break
-            if self._stop.wait(min(0.02, duration - elapsed)):
+            if self._stop.wait(max(0.001, min(0.02, duration - elapsed))):
                 return
         with self.lock:
             buf.wire = wire
@@ -541,10 +619,10 @@ class ArchonState:
             t.join(2.0)
 
     # -- status replies ----------------------------------------------------
-    def _frame(self) -> P.FrameStatus:
-        fs = P.FrameStatus(timer=self.ticks(), rbuf=self.locked, wbuf=self.wbuf)
+    def _frame(self) -> A.FrameStatus:
+        fs = A.FrameStatus(timer=self.ticks(), rbuf=self.locked, wbuf=self.wbuf)
         for b in self.buffers:
-            fs.buffers.append(P.BufferStatus(**{f.name: getattr(b, f.name) for f in _BUF_FIELDS}))
+            fs.buffers.append(A.BufferStatus(**{f.name: getattr(b, f.name) for f in _BUF_FIELDS}))
         return fs
 
     def _system(self) -> str:
@@ -567,7 +645,7 @@ class ArchonState:
             mods[f"MOD{slot}_ID"] = sysd.get(f"MOD{slot}_ID", f"{0x1000 + slot:016X}")
         items["MOD_PRESENT"] = f"{present:X}"
         items.update(mods)
-        return P.format_kv(items)
+        return A.format_kv(items)
 
     def _status(self) -> str:
         on = self.power == 4
@@ -576,7 +654,8 @@ class ArchonState:
             "COUNT": self.count,
             "LOG": len(self.fetchlog),
             "POWER": self.power,
-            "POWERGOOD": 1 if on else 0,
+            # the supplies' health, not the on/off state (SIMFAULT POWERBAD)
+            "POWERGOOD": 0 if "POWERBAD" in self.faults else 1,
             "OVERHEAT": 0,
             "BACKPLANE_TEMP": "31.250",
         }
@@ -596,10 +675,10 @@ class ArchonState:
                 items[f"MOD{slot}/TEMPA"] = "-99.875"
                 items[f"MOD{slot}/TEMPB"] = "-100.125"
                 items[f"MOD{slot}/TEMPC"] = "21.000"
-        return P.format_kv(items)
+        return A.format_kv(items)
 
     def _fetch(self, text: str):
-        parsed = P.parse_fetch(text)
+        parsed = A.parse_fetch(text)
         if parsed is None:
             return False
         addr, blocks = parsed
@@ -614,10 +693,10 @@ class ArchonState:
                 off = addr - b.base
                 if b.wire is not None and off == 0 and blocks == len(b.wire):
                     return FetchReply(blocks, wire=b.wire)
-                src = b.wire[:, P.BLOCK_HEADER :].reshape(-1) if b.wire is not None else None
+                src = b.wire[:, A.BLOCK_HEADER :].reshape(-1) if b.wire is not None else None
                 if src is None:
                     src = np.empty(0, np.uint8)
-                return FetchReply(blocks, payload=src[off : off + blocks * P.BLOCK])
+                return FetchReply(blocks, payload=src[off : off + blocks * A.BLOCK])
         self._log(f"FETCH address {addr:08X} outside the frame buffers")
         return False
 
@@ -628,7 +707,13 @@ class ArchonState:
 
 
 class ArchonHandler(LineHandler):
-    max_line = P.MAX_ARCHON_LINE
+    max_line = A.MAX_ARCHON_LINE
+
+    def setup(self) -> None:
+        super().setup()
+        # replies go out at once, as the controller's do: a client with many
+        # commands in flight must not wait for delayed ACKs (Nagle)
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def handle(self) -> None:
         state: ArchonState = self.server.state
@@ -638,22 +723,34 @@ class ArchonHandler(LineHandler):
             except (ConnectionClosed, TimeoutError):
                 return
             if isinstance(line, OverlongLine):
-                log.warning("%s: overlong command (%d bytes) ignored", self.peer, line.size)
+                self.server.limiter.log(
+                    f"overlong command from {self.peer}",
+                    logging.WARNING,
+                    "%s: overlong command (%d bytes) ignored",
+                    self.peer,
+                    line.size,
+                )
                 continue
-            cmd = P.decode_command(line)
-            if cmd is None:
-                log.debug("%s: garbled command %r ignored", self.peer, line[:60])
+            cmd = A.decode_command(line)
+            if isinstance(cmd, A.BadInput):
+                self.server.limiter.log(
+                    f"garbled command from {self.peer}",
+                    logging.DEBUG,
+                    "%s: %s ignored",
+                    self.peer,
+                    cmd.reason,
+                )
                 continue
             reply = state.handle(cmd.text)
             if reply is None:
                 log.debug("%s: no reply to %r", self.peer, cmd.text[:60])
                 continue
             if reply is False:
-                ok = self.send(P.encode_error(cmd.ref))
+                ok = self.send(A.encode_error(cmd.ref))
             elif isinstance(reply, FetchReply):
                 ok = self._send_fetch(cmd.ref, reply, state)
             else:
-                ok = self.send(P.encode_reply(cmd.ref, reply))
+                ok = self.send(A.encode_reply(cmd.ref, reply))
             if not ok:
                 return
 
@@ -664,14 +761,10 @@ class ArchonHandler(LineHandler):
             state.faults.discard("FETCHDROP")
             state.faults.discard("FETCHSHORT")
         with state.fetch_lock:
-            if reply.wire is not None:
-                P.set_fetch_headers(reply.wire, ref)
-                data = memoryview(reply.wire.reshape(-1))
-            else:
-                data = memoryview(P.encode_fetch_reply(ref, reply.payload, reply.blocks))
+            data = fetch_bytes(ref, reply)
             if not (drop or short):
                 return self.send(data)
-            half = (reply.blocks // 2) * P.BLOCK_WIRE + P.BLOCK_WIRE // 3
+            half = (reply.blocks // 2) * A.BLOCK_WIRE + A.BLOCK_WIRE // 3
             self.send(data[:half])
         if drop:
             log.info("%s: SIMFAULT FETCHDROP: connection closed mid-FETCH", self.peer)
@@ -682,6 +775,92 @@ class ArchonHandler(LineHandler):
             return False
         log.info("%s: SIMFAULT FETCHSHORT: FETCH reply cut short", self.peer)
         return True
+
+
+def fetch_bytes(ref: int, reply: FetchReply) -> memoryview:
+    """The wire bytes of a FETCH reply (call with the state's fetch_lock held)."""
+    if reply.wire is not None:
+        A.set_fetch_headers(reply.wire, ref)
+        return memoryview(reply.wire.reshape(-1))
+    return memoryview(A.encode_fetch_reply(ref, reply.payload, reply.blocks))
+
+
+class SimLink:
+    """An in-process link from camerad's controller layer to an :class:`ArchonState`.
+
+    It has the methods of :class:`~archonsrv.controller.ArchonClient` and
+    passes every command and reply through the wire encoder and decoder of
+    :mod:`archonsrv.archon`, without a socket: the camera engine can be
+    driven in-process (``Controller(SimLink(state))``).
+    """
+
+    def __init__(self, state: ArchonState) -> None:
+        self.state = state
+        self.lock = threading.RLock()
+        self.wanted = False
+        self._open = False
+        self._ref = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def connect(self, host: str, port: int) -> None:
+        with self.lock:
+            self._open = self.wanted = True
+
+    def close(self) -> None:
+        with self.lock:
+            self._open = self.wanted = False
+
+    def abort(self) -> None:
+        self.wanted = False
+
+    def _exchange(self, text: str):
+        if not self._open:
+            if not self.wanted:
+                raise ArchonError("not connected to the Archon (use open)")
+            self._open = True
+        self._ref = (self._ref + 1) & 0xFF
+        stream = A.CommandStream()
+        stream.feed(A.encode_command(self._ref, text))
+        cmd = stream.next_event()
+        if not isinstance(cmd, A.ArchonCommand):
+            raise ArchonError(f"cannot encode {text[:30]!r}")
+        word = text.split(" ")[0][:30]
+        reply = self.state.handle(cmd.text)
+        if reply is None:
+            raise ArchonError(f"no reply from Archon to {word}")
+        if reply is False:
+            raise ArchonError(f"Archon error reply to {word}")
+        return cmd.ref, reply
+
+    def command(self, text: str, timeout: float | None = None) -> str:
+        with self.lock:
+            ref, reply = self._exchange(text)
+            if isinstance(reply, FetchReply):
+                raise ArchonError("binary reply to a text command")
+            stream = A.ReplyStream()
+            stream.feed(A.encode_reply(ref, reply))
+            return stream.next_event().text
+
+    def fetch(self, address: int, blocks: int, progress=None, sink=None):
+        with self.lock:
+            ref, reply = self._exchange(A.fetch_command(address, blocks))
+            if not isinstance(reply, FetchReply):
+                raise ArchonError("FETCH answered with text")
+            dec = A.FetchDecoder(ref, blocks)
+            with self.state.fetch_lock:
+                data = fetch_bytes(ref, reply)
+                while not dec.done:
+                    chunk = data[dec.received : dec.received + (1 << 20)]
+                    if not len(chunk):
+                        raise ArchonError(f"FETCH short at block {dec.checked} of {blocks}")
+                    dec.writable()[: len(chunk)] = chunk
+                    dec.advance(len(chunk))
+                    if sink is not None and dec.checked > dec.delivered:
+                        sink(dec.take())
+            return None if sink is not None else dec.payload()
 
 
 class ArchonSim(runtime.Service):
@@ -698,6 +877,7 @@ class ArchonSim(runtime.Service):
             (self.args.host, self.port), ArchonHandler, name="archonsim", max_connections=8
         )
         self.server.state = self.state
+        self.server.limiter = LogLimiter(log)
         return [self.server]
 
     def start(self) -> None:
@@ -711,7 +891,10 @@ class ArchonSim(runtime.Service):
         with self.state.lock:
             self.state.settings = settings
         self.settings = settings
-        return f"READOUT_TIME={settings.readout_ms} EXPOSE_PARAM={settings.expose_param}"
+        return (
+            f"READOUT_TIME={settings.readout_ms} EXPOSE_PARAM={settings.expose_param} "
+            f"EXPTIME={settings.exptime_param}x{settings.exptime_unit_ms:g}ms"
+        )
 
     def stop(self) -> int:
         self.state.stop()
@@ -731,6 +914,16 @@ def read_system_file(path: str) -> dict[str, str]:
     return out
 
 
+def _unit_ms(text: str, where: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 < v <= 3_600_000:
+        raise ConfigError(f"{where}: exposure time unit must be a number of ms > 0: {text!r}")
+    return v
+
+
 def load_settings(args) -> tuple[SimSettings, int]:
     s = SimSettings()
     port = DEFAULT_PORT
@@ -743,6 +936,9 @@ def load_settings(args) -> tuple[SimSettings, int]:
             ("EXPOSE_PARAM", "expose_param"),
             ("TRIGIN_EXPOSE_PARAM", "trigin_expose_param"),
             ("TRIGIN_READOUT_PARAM", "trigin_readout_param"),
+            ("EMULATOR_EXPTIME_PARAM", "exptime_param"),
+            ("EMULATOR_READOUT_PARAM", "readout_param"),
+            ("ABORT_PARAM", "abort_param"),
         ):
             if kv.get(key):
                 setattr(s, attr, kv.get(key))
@@ -760,6 +956,8 @@ def load_settings(args) -> tuple[SimSettings, int]:
                 port = n
             else:
                 s.seed = n
+        if kv.get("EMULATOR_EXPTIME_UNIT"):
+            s.exptime_unit_ms = _unit_ms(kv.get("EMULATOR_EXPTIME_UNIT"), cfgfile)
         if kv.get("EMULATOR_SYSTEM"):
             p = Path(kv.get("EMULATOR_SYSTEM"))
             system_file = str(p if p.is_absolute() else base / p)
@@ -771,6 +969,11 @@ def load_settings(args) -> tuple[SimSettings, int]:
         s.expose_param = args.expose_param
     if args.seed is not None:
         s.seed = args.seed
+    for attr in ("exptime_param", "readout_param", "abort_param"):
+        if getattr(args, attr):
+            setattr(s, attr, getattr(args, attr))
+    if args.exptime_unit is not None:
+        s.exptime_unit_ms = _unit_ms(args.exptime_unit, "--exptime-unit")
     if args.system:
         system_file = args.system
     if system_file:
@@ -805,6 +1008,30 @@ def build_parser():
     )
     p.add_argument(
         "--expose-param", dest="expose_param", metavar="NAME", help="exposure parameter name"
+    )
+    p.add_argument(
+        "--exptime-param",
+        dest="exptime_param",
+        metavar="NAME",
+        help="parameter holding the integration time (default EMULATOR_EXPTIME_PARAM or exptime)",
+    )
+    p.add_argument(
+        "--exptime-unit",
+        dest="exptime_unit",
+        metavar="MS",
+        help="milliseconds per unit of that parameter (default EMULATOR_EXPTIME_UNIT or 1)",
+    )
+    p.add_argument(
+        "--readout-param",
+        dest="readout_param",
+        metavar="NAME",
+        help="read out after integrating only while this parameter is non-zero (default: always)",
+    )
+    p.add_argument(
+        "--abort-param",
+        dest="abort_param",
+        metavar="NAME",
+        help="a non-zero value of this parameter ends the integration (default ABORT_PARAM)",
     )
     p.add_argument("--system", metavar="FILE", help=".system file describing the modules")
     cli.add_runtime_args(

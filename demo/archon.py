@@ -3,8 +3,9 @@
 Starts the Archon simulator and the camera server as real processes on free
 loopback ports, runs the documented example session on the blocking port,
 drives the non-blocking port with sendsockcmd, listens to the multicast
-async port on 127.0.0.1, reads the FITS files back with astropy, survives a
-controller fault, and stops everything.
+async port on 127.0.0.1, reads the FITS files back with astropy (pixels,
+keywords, checksums), survives a controller fault, refuses a path outside
+FIRMWARE_DIRS, and stops everything.
 """
 
 from __future__ import annotations
@@ -110,3 +111,12 @@ def _scenario(rig: Rig, report) -> None:
     got = rig.blk("expose")
     report.check("the next exposure works (camerad reconnects)", got == "DONE", got)
     report.step(f"{len(rig.fits_files())} FITS files written under {rig.imdir}")
+    good = True
+    for f in rig.fits_files():
+        with fits.open(f, checksum=True) as hdul:
+            good &= all(h.verify_checksum() == 1 and h.verify_datasum() == 1 for h in hdul)
+    report.check("every HDU of every file has a correct CHECKSUM and DATASUM", good)
+    rig.blk("longerror true")
+    got = rig.blk("load /etc/passwd")
+    report.step(f"telnet> load /etc/passwd     {got}")
+    report.check("a file outside FIRMWARE_DIRS is refused", "FIRMWARE_DIRS" in got, got)

@@ -8,8 +8,8 @@ from astropy.io import fits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from archonsrv import fitsio
-from archonsrv import protocol as P
+from archonsrv import archon as A
+from archonsrv.camera import fitsio
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,14 +28,14 @@ def test_streamed_equals_whole(tmp_path_factory, bitpix, shift, width, height, c
     rng = np.random.default_rng(seed)
     dtype = np.uint16 if bitpix == 16 else np.uint32
     image = rng.integers(0, np.iinfo(dtype).max, size=(height, width), dtype=dtype, endpoint=True)
-    wire = P.fetch_wire(image, P.blocks_for(image.nbytes))
+    wire = A.fetch_wire(image, A.blocks_for(image.nbytes))
     cards = [("OBSERVER", "x", "who"), ("EXPTIME", 5, "ms")]
     f = fitsio.AtomicFits(d, "s.fits")
     s = f.stream_image(width, height, bitpix, shift, cards)
     pos, i = 0, 0
     while pos < len(wire):
         n = cuts[i % len(cuts)]
-        s.feed(wire[pos : pos + n, P.BLOCK_HEADER :])
+        s.feed(wire[pos : pos + n, A.BLOCK_HEADER :])
         pos += n
         i += 1
     streamed = s.finish()
@@ -49,12 +49,50 @@ def test_streamed_equals_whole(tmp_path_factory, bitpix, shift, width, height, c
         assert np.array_equal(a[0].data, expect)
     assert streamed.stat().st_size % 2880 == 0
     assert not list(d.glob(".*.part"))
+    for path in (streamed, whole):
+        assert_checksums(path)
+
+
+def assert_checksums(path) -> None:
+    """Every HDU has CHECKSUM and DATASUM, and astropy finds both correct."""
+    with fits.open(path, checksum=True) as hdul:
+        for hdu in hdul:
+            assert "CHECKSUM" in hdu.header and "DATASUM" in hdu.header
+            assert hdu.verify_datasum() == 1 and hdu.verify_checksum() == 1, path
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(max_size=64), cuts=st.lists(st.integers(1, 9), min_size=1, max_size=5))
+def test_checksum_in_pieces_equals_a_word_sum(data, cuts):
+    c = fitsio.Checksum()
+    pos, i = 0, 0
+    while pos < len(data):
+        n = cuts[i % len(cuts)]
+        c.add(data[pos : pos + n])
+        pos += n
+        i += 1
+    padded = data + bytes(-len(data) % 4)
+    total = sum(int.from_bytes(padded[k : k + 4], "big") for k in range(0, len(padded), 4))
+    while total >> 32:
+        total = (total & 0xFFFFFFFF) + (total >> 32)
+    assert c.value == total
+    code = fitsio.encode_checksum(c.value)
+    assert len(code) == 16 and code.isalnum()  # no punctuation (the convention's exclusions)
+
+
+def test_every_hdu_has_checksums(tmp_path):
+    f = fitsio.AtomicFits(tmp_path, "m.fits")
+    f.primary(None, [("OBSERVER", "x", "who")])
+    f.extension(np.arange(12, dtype=np.uint16).reshape(3, 4), [("EXTNAME", "1", "amp")])
+    f.extension(np.arange(6, dtype=np.uint32).reshape(2, 3), [("EXTNAME", "2", "amp")])
+    path = f.commit()
+    assert_checksums(path)
 
 
 def test_failed_stream_leaves_nothing(tmp_path):
     f = fitsio.AtomicFits(tmp_path, "x.fits")
     s = f.stream_image(10, 10, 16, 0, [])
-    s.feed(np.zeros((0, P.BLOCK), np.uint8))
+    s.feed(np.zeros((0, A.BLOCK), np.uint8))
     with pytest.raises(fitsio.FitsWriteError, match="short"):
         s.finish()
     assert list(tmp_path.iterdir()) == []

@@ -7,9 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from archonsrv import acf as ACF
+from archonsrv import archon as A
 from archonsrv import config as C
-from archonsrv import fitsio
 from archonsrv import protocol as P
+from archonsrv.camera import fitsio
 from common.config import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
@@ -139,52 +141,52 @@ def test_config_parser_never_crashes(text):
 
 @given(ref=st.integers(0, 255), cmd=st.text(alphabet="ABCDEFGHIJ0123456789 =/_", max_size=60))
 def test_command_roundtrip(ref, cmd):
-    wire = P.encode_command(ref, cmd)
+    wire = A.encode_command(ref, cmd)
     assert wire.startswith(b">%02X" % ref) and wire.endswith(b"\n")
-    back = P.decode_command(wire[:-1])
-    assert back == P.ArchonCommand(ref, cmd)
+    back = A.decode_command(wire[:-1])
+    assert back == A.ArchonCommand(ref, cmd)
 
 
 @given(ref=st.integers(0, 255), text=st.text(alphabet="ABC=0123 .", max_size=60))
 def test_reply_roundtrip(ref, text):
-    assert P.decode_reply(P.encode_reply(ref, text)[:-1]) == P.ArchonReply(ref, True, text)
-    assert P.decode_reply(P.encode_error(ref)[:-1]) == P.ArchonReply(ref, False, "")
+    assert A.decode_reply(A.encode_reply(ref, text)[:-1]) == A.ArchonReply(ref, True, text)
+    assert A.decode_reply(A.encode_error(ref)[:-1]) == A.ArchonReply(ref, False, "")
 
 
 @given(
-    line=st.integers(0, P.MAX_CONFIG_LINES - 1),
+    line=st.integers(0, A.MAX_CONFIG_LINES - 1),
     key=st.from_regex(r"[A-Z][A-Z0-9_/]{0,20}", fullmatch=True),
     value=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
 )
 def test_config_memory_commands_roundtrip(line, key, value):
-    assert P.parse_wconfig(P.wconfig_command(line, key, value)) == (line, key, value)
-    assert P.parse_rconfig(P.rconfig_command(line)) == line
+    assert A.parse_wconfig(A.wconfig_command(line, key, value)) == (line, key, value)
+    assert A.parse_rconfig(A.rconfig_command(line)) == line
 
 
 def test_config_memory_commands_reject():
-    with pytest.raises(P.ProtocolError):
-        P.wconfig_command(0x10000, "A", "1")
+    with pytest.raises(A.ProtocolError):
+        A.wconfig_command(0x10000, "A", "1")
     for bad in ("WCONFIG", "WCONFIG00", "WCONFIG00G0A=1", "WCONFIG0000=1", "WCONFIG0000A"):
-        assert P.parse_wconfig(bad) is None, bad
+        assert A.parse_wconfig(bad) is None, bad
     for bad in ("RCONFIG", "RCONFIG001", "RCONFIG00001", "RCONFIGzzzz"):
-        assert P.parse_rconfig(bad) is None, bad
-    assert P.param_entry("PARAMETER3", "Expose=0") == ("Expose", "0")
-    assert P.param_entry("PARAMETERS", "Expose=0") is None  # the count line
-    assert P.param_entry("PARAMETER3", "novalue") is None
-    assert P.parse_param_reply("PARAMETER12=exptime=1500\r") == ("exptime", "1500")
-    assert P.parse_param_reply("LINECOUNT=516") is None
+        assert A.parse_rconfig(bad) is None, bad
+    assert A.param_entry("PARAMETER3", "Expose=0") == ("Expose", "0")
+    assert A.param_entry("PARAMETERS", "Expose=0") is None  # the count line
+    assert A.param_entry("PARAMETER3", "novalue") is None
+    assert A.parse_param_reply("PARAMETER12=exptime=1500\r") == ("exptime", "1500")
+    assert A.parse_param_reply("LINECOUNT=516") is None
 
 
 def test_reply_garbage_and_commands():
+    # bad input is a BadInput value (common.badinput), never an exception
     for bad in (b"", b"hello", b"<G1", b">01X"):
-        with pytest.raises(P.ProtocolError):
-            P.decode_reply(bad)
-    assert P.decode_command(b"FRAME") is None
-    assert P.decode_command(b">zzFRAME") is None
-    assert P.fetch_command(0xA0000000, 64) == "FETCHA000000000000040"
-    assert P.parse_fetch("FETCHA000000000000040") == (0xA0000000, 64)
-    assert P.parse_fetch("FETCH123") is None
-    assert P.timer_text(255) == "00000000000000FF"
+        assert isinstance(A.decode_reply(bad), A.BadInput), bad
+    assert isinstance(A.decode_command(b"FRAME"), A.BadInput)
+    assert isinstance(A.decode_command(b">zzFRAME"), A.BadInput)
+    assert A.fetch_command(0xA0000000, 64) == "FETCHA000000000000040"
+    assert A.parse_fetch("FETCHA000000000000040") == (0xA0000000, 64)
+    assert A.parse_fetch("FETCH123") is None
+    assert A.timer_text(255) == "00000000000000FF"
 
 
 @settings(max_examples=80, deadline=None)
@@ -195,10 +197,10 @@ def test_reply_garbage_and_commands():
 )
 def test_fetch_blocks_any_split(ref, nbytes, cuts):
     data = (np.arange(nbytes, dtype=np.uint32) * 2654435761 >> 13).astype(np.uint8).tobytes()
-    blocks = P.blocks_for(nbytes)
-    wire = P.encode_fetch_reply(ref, data, blocks)
-    assert len(wire) == blocks * P.BLOCK_WIRE
-    dec = P.FetchDecoder(ref, blocks)
+    blocks = A.blocks_for(nbytes)
+    wire = A.encode_fetch_reply(ref, data, blocks)
+    assert len(wire) == blocks * A.BLOCK_WIRE
+    dec = A.FetchDecoder(ref, blocks)
     pos = 0
     for c in [*cuts, len(wire)]:
         chunk = wire[pos : pos + c]
@@ -215,53 +217,53 @@ def test_fetch_blocks_any_split(ref, nbytes, cuts):
 
 
 def test_fetch_detects_error_and_bad_header_at_the_block():
-    wire = bytearray(P.encode_fetch_reply(7, bytes(5000), 5))
-    dec = P.FetchDecoder(7, 5)
-    bad = wire[: 2 * P.BLOCK_WIRE] + b"?07\n"
+    wire = bytearray(A.encode_fetch_reply(7, bytes(5000), 5))
+    dec = A.FetchDecoder(7, 5)
+    bad = wire[: 2 * A.BLOCK_WIRE] + b"?07\n"
     dec.writable()[: len(bad)] = bad
-    with pytest.raises(P.ProtocolError, match="block 2"):
+    with pytest.raises(A.ProtocolError, match="block 2"):
         dec.advance(len(bad))
-    wire[3 * P.BLOCK_WIRE + 1] = ord("9")  # wrong reference in block 3
-    dec = P.FetchDecoder(7, 5)
+    wire[3 * A.BLOCK_WIRE + 1] = ord("9")  # wrong reference in block 3
+    dec = A.FetchDecoder(7, 5)
     dec.writable()[:] = wire
-    with pytest.raises(P.ProtocolError, match="block 3"):
+    with pytest.raises(A.ProtocolError, match="block 3"):
         dec.advance(len(wire))
     # data that merely looks like a header inside a block is not touched
     payload = b"<07:" * 256 * 2
-    dec = P.FetchDecoder(7, 2)
-    w = P.encode_fetch_reply(7, payload, 2)
+    dec = A.FetchDecoder(7, 2)
+    w = A.encode_fetch_reply(7, payload, 2)
     dec.writable()[:] = w
     dec.advance(len(w))
     assert dec.payload().tobytes() == payload
 
 
 def test_frame_roundtrip_and_newest():
-    fs = P.FrameStatus(timer=0x1234, rbuf=0, wbuf=2)
+    fs = A.FrameStatus(timer=0x1234, rbuf=0, wbuf=2)
     fs.buffers = [
-        P.BufferStatus(1, complete=1, frame=5, base=0xA0000000, width=256, height=256),
-        P.BufferStatus(2, complete=0, frame=3, lines=100),
-        P.BufferStatus(3, complete=1, frame=4),
+        A.BufferStatus(1, complete=1, frame=5, base=0xA0000000, width=256, height=256),
+        A.BufferStatus(2, complete=0, frame=3, lines=100),
+        A.BufferStatus(3, complete=1, frame=4),
     ]
-    back = P.parse_frame(P.format_frame(fs))
+    back = A.parse_frame(A.format_frame(fs))
     assert back.timer == 0x1234 and back.wbuf == 2
     assert back.newest().index == 1
     assert back.find_frame(4).index == 3 and back.find_frame(3) is None
     assert back.writing().lines == 100
-    with pytest.raises(P.ProtocolError):
-        P.parse_frame("TIMER=1 BUSY")
+    with pytest.raises(A.ProtocolError):
+        A.parse_frame("TIMER=1 BUSY")
 
 
 # -- ACF and geometry ----------------------------------------------------------
 
 
 def test_demo_acf_geometry():
-    acf = P.parse_acf(C.DEMO_ACF.read_text(), "demo.acf")
+    acf = ACF.parse_acf(C.DEMO_ACF.read_text(), "demo.acf")
     assert set(acf.modes) >= {"DEFAULT", "HDR", "SPLIT", "FULL"}
     assert "Expose" in acf.params() and "exptime" in acf.params()
     vals = acf.values()
     assert vals["MOD4/LVLC_V1"] == "0"  # backslash became slash
     assert vals["TAPLINE0"] == "AD5L,1.0,1000"  # quotes removed
-    g = P.compute_geometry(vals, acf.modes["DEFAULT"].arch)
+    g = ACF.compute_geometry(vals, acf.modes["DEFAULT"].arch)
     assert (g.width, g.height, g.bitpix, g.activebufs) == (256, 256, 16, 3)
     assert g.amp_sections == [
         (1, 64, 1, 256),
@@ -271,7 +273,7 @@ def test_demo_acf_geometry():
     ]
     assert g.image_bytes == 256 * 256 * 2 and g.blocks == 128
     split = dict(vals, FRAMEMODE="2", LINECOUNT="128")
-    g = P.compute_geometry(split, acf.modes["SPLIT"].arch)
+    g = ACF.compute_geometry(split, acf.modes["SPLIT"].arch)
     assert (g.width, g.height) == (128, 256)
     assert g.amp_sections == [
         (1, 64, 1, 128),
@@ -279,16 +281,16 @@ def test_demo_acf_geometry():
         (1, 64, 129, 256),
         (65, 128, 129, 256),
     ]
-    g = P.compute_geometry(dict(vals, SAMPLEMODE="1"), acf.modes["HDR"].arch)
+    g = ACF.compute_geometry(dict(vals, SAMPLEMODE="1"), acf.modes["HDR"].arch)
     assert g.bitpix == 32 and g.image_bytes == 256 * 256 * 4
-    g = P.compute_geometry(vals, acf.modes["DEFAULT"].arch, raw=True)
+    g = ACF.compute_geometry(vals, acf.modes["DEFAULT"].arch, raw=True)
     assert (g.width, g.height, g.bitpix, g.raw) == (400, 64, 16, True)
-    g = P.compute_geometry(
+    g = ACF.compute_geometry(
         dict(vals, PIXELCOUNT="1050", LINECOUNT="4200"),
         {"NUM_DETECT": "1", "HORI_AMPS": "4", "VERT_AMPS": "1"},
     )
     assert (g.width, g.height) == (4200, 4200) and g.image_bytes == 35280000
-    assert P.tap_gains(vals) == {4: ("1.0", "1000"), 5: ("1.0", "1000")}
+    assert ACF.tap_gains(vals) == {4: ("1.0", "1000"), 5: ("1.0", "1000")}
 
 
 @pytest.mark.parametrize(
@@ -304,16 +306,16 @@ def test_demo_acf_geometry():
     ],
 )
 def test_acf_errors(text, match):
-    with pytest.raises(P.AcfError, match=match):
-        P.parse_acf(text)
+    with pytest.raises(ACF.AcfError, match=match):
+        ACF.parse_acf(text)
 
 
 def test_geometry_missing_key():
-    acf = P.parse_acf(C.DEMO_ACF.read_text())
+    acf = ACF.parse_acf(C.DEMO_ACF.read_text())
     vals = acf.values()
     del vals["TAPLINES"]
-    with pytest.raises(P.AcfError, match="TAPLINES"):
-        P.compute_geometry(vals, acf.modes["DEFAULT"].arch)
+    with pytest.raises(ACF.AcfError, match="TAPLINES"):
+        ACF.compute_geometry(vals, acf.modes["DEFAULT"].arch)
 
 
 # -- camerad replies and helpers -------------------------------------------------

@@ -7,6 +7,11 @@ file or the complete file, and a failed write (full disk, directory gone)
 leaves nothing behind.  Unsigned 16-bit pixels are stored as BITPIX 16 with
 BZERO 32768; 32-bit HDR pixels right-shifted by HDRSHIFT as BITPIX 32 with
 BZERO 2147483648, so the values read back are exactly the unsigned ones.
+
+Every HDU carries CHECKSUM and DATASUM (the FITS checksum convention, as the
+original camerad writes them): astropy computes them for whole arrays; for a
+streamed image :class:`Checksum` sums the data as it is written and the
+header is rewritten in place at the end.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 
-from . import protocol as P
+from .. import protocol as P
 
 log = logging.getLogger("camerad.fits")
 
@@ -34,6 +39,67 @@ Card = tuple[str, object, str]
 
 class FitsWriteError(Exception):
     pass
+
+
+class Checksum:
+    """The 32-bit ones' complement sum of the FITS checksum convention, fed in pieces."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._rest = b""  # bytes short of a whole 32-bit word
+
+    def add(self, data) -> None:
+        if isinstance(data, np.ndarray):
+            data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        buf = memoryview(data).cast("B")
+        if self._rest:
+            need = 4 - len(self._rest)
+            self._rest += bytes(buf[:need])
+            buf = buf[need:]
+            if len(self._rest) < 4:
+                return
+            self.total += int.from_bytes(self._rest, "big")
+            self._rest = b""
+        whole = len(buf) - len(buf) % 4
+        if whole:
+            words = np.frombuffer(buf[:whole], dtype=">u4")
+            self.total += int(words.sum(dtype=np.uint64))
+        if whole < len(buf):
+            self._rest = bytes(buf[whole:])
+
+    @property
+    def value(self) -> int:
+        """The folded 32-bit sum (a partial last word padded with zero bytes)."""
+        total = self.total
+        if self._rest:
+            total += int.from_bytes(self._rest.ljust(4, b"\0"), "big")
+        while total >> 32:
+            total = (total & 0xFFFFFFFF) + (total >> 32)
+        return total
+
+
+_EXCLUDE = set(range(0x3A, 0x41)) | set(range(0x5B, 0x61))
+
+
+def encode_checksum(value: int) -> str:
+    """The 16-character ASCII encoding of the complement of ``value`` (CHECKSUM card)."""
+    value = ~value & 0xFFFFFFFF
+    asc = [0] * 16
+    for i in range(4):
+        byte = (value >> (24 - 8 * i)) & 0xFF
+        ch = [byte // 4 + 0x30] * 4
+        ch[0] += byte % 4
+        changed = True
+        while changed:
+            changed = False
+            for j in (0, 2):
+                if ch[j] in _EXCLUDE or ch[j + 1] in _EXCLUDE:
+                    ch[j] += 1
+                    ch[j + 1] -= 1
+                    changed = True
+        for j in range(4):
+            asc[4 * j + i] = ch[j]
+    return "".join(chr(asc[(i + 15) % 16]) for i in range(16))
 
 
 def _header(cards: list[Card]) -> fits.Header:
@@ -101,8 +167,12 @@ class AtomicFits:
 
     def primary(self, data: np.ndarray | None, cards: list[Card]) -> None:
         hdr = _header(cards + [("DATE", _date_now(), "file write time (UTC)")])
-        hdul = fits.HDUList([fits.PrimaryHDU(data=data, header=hdr)])
-        self._guard(hdul.writeto, self._fh)
+        hdu = fits.PrimaryHDU(data=data, header=hdr)
+        # extensions may follow: EXTEND now, so that appending them later does not
+        # add it to a header whose CHECKSUM is already written
+        hdu.header.set("EXTEND", True, after=f"NAXIS{hdu.header['NAXIS'] or ''}")
+        hdul = fits.HDUList([hdu])
+        self._guard(hdul.writeto, self._fh, checksum=True)
         try:
             self._fh.flush()
         except OSError as exc:
@@ -110,7 +180,7 @@ class AtomicFits:
             raise FitsWriteError(f"cannot write {self.tmp.name}: {exc.strerror or exc}") from None
 
     def extension(self, data: np.ndarray, cards: list[Card]) -> None:
-        self._guard(fits.append, str(self.tmp), data, header=_header(cards))
+        self._guard(fits.append, str(self.tmp), data, header=_header(cards), checksum=True)
 
     def stream_image(
         self, width: int, height: int, bitpix: int, hdrshift: int, cards: list[Card]
@@ -192,8 +262,13 @@ class StreamedImage:
                 hdr.append(card)
         hdr["BSCALE"] = 1
         hdr["BZERO"] = bzero
+        stamp = _date_now()
+        hdr["CHECKSUM"] = ("0" * 16, f"HDU checksum updated {stamp}")
+        hdr["DATASUM"] = ("0", f"data unit checksum updated {stamp}")
+        self._hdr = hdr
+        self._zsum = 0  # sum of the data as native 32-bit words (see _add_sum)
+        self._offset = f._fh.tell()
         self._flip = dtype(bzero)
-        self._flip_swapped = dtype(0x80)  # bzero's top bit as seen through a swapped view
         self._q: queue.Queue = queue.Queue(maxsize=1024)
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -256,15 +331,15 @@ class StreamedImage:
             return
         little = "<u2" if self.bitpix == 16 else "<u4"
         src = rows.view(little)  # (k, n), rows strided
+        # the FITS values (sign bit flipped for BZERO), still in native order
         if self.bitpix == 32 and self.hdrshift:
-            px = src >> self._dtype(self.hdrshift)
-            px ^= self._flip
-            px = px.reshape(-1)[: self.left]
-            px.byteswap(inplace=True)
+            num = src >> self._dtype(self.hdrshift)
+            num ^= self._flip
         else:
-            # one pass to big-endian, then flip the sign bit (in the first byte)
-            px = src.astype(">u2" if self.bitpix == 16 else ">u4").reshape(-1)[: self.left]
-            px.view(little)[...] ^= self._flip_swapped
+            num = np.bitwise_xor(src, self._flip)
+        num = num.reshape(-1)[: self.left]
+        self._add_sum(num)
+        px = num.astype(">u2" if self.bitpix == 16 else ">u4")
         self._write(memoryview(px))
         self.left -= len(px)
         self.nbytes += px.nbytes
@@ -277,4 +352,55 @@ class StreamedImage:
         pad = -self.nbytes % 2880
         if pad:
             self._write(bytes(pad))
+        self._write_checksums()
         return self.f.commit()
+
+    def _add_sum(self, num: np.ndarray) -> None:
+        """Add the numeric FITS values of a chunk to the data checksum.
+
+        Summing the values in native order avoids a byte-swapped pass: for
+        32-bit data the native sum is the sum of the big-endian words.  For
+        16-bit data a native 32-bit word holds p0 + 2**16 * p1 where the file's
+        big-endian word is 2**16 * p0 + p1; the ones' complement sum (modulo
+        2**32 - 1) of the latter is the former's times 2**16 (a 16-bit
+        rotation), applied once at the end.  Chunks hold whole 1024-byte
+        blocks, so only the last one can end in half a word.
+        """
+        if self.bitpix == 32:
+            self._zsum += int(num.sum(dtype=np.uint64))
+            return
+        even = len(num) - len(num) % 2
+        if even:
+            self._zsum += int(num[:even].view("<u4").sum(dtype=np.uint64))
+        if even < len(num):
+            self._zsum += int(num[-1])  # p0 of a word whose p1 is padding (0)
+
+    @property
+    def datasum(self) -> int:
+        total = self._zsum << 16 if self.bitpix == 16 else self._zsum
+        while total >> 32:
+            total = (total & 0xFFFFFFFF) + (total >> 32)
+        return total
+
+    def _write_checksums(self) -> None:
+        """Rewrite the header in place with DATASUM and CHECKSUM (same size)."""
+        hdr = self._hdr
+        datasum = self.datasum
+        hdr["DATASUM"] = str(datasum)
+        hdr["CHECKSUM"] = "0" * 16
+        head = Checksum()
+        head.add(hdr.tostring().encode("ascii"))
+        total = head.total + datasum
+        while total >> 32:
+            total = (total & 0xFFFFFFFF) + (total >> 32)
+        hdr["CHECKSUM"] = encode_checksum(total)
+        text = hdr.tostring().encode("ascii")
+        fh = self.f._fh
+        try:
+            end = fh.tell()
+            fh.seek(self._offset)
+            fh.write(text)
+            fh.seek(end)
+        except OSError as exc:
+            self.f.discard()
+            raise FitsWriteError(f"cannot write {self.f.tmp.name}: {exc.strerror or exc}") from None

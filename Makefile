@@ -18,18 +18,20 @@ $(STAMP): setup.py pyproject.toml | $(PY)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# man page checks need mandoc, the contrib/ checks shellcheck and systemd-analyze;
-# install them from Debian when missing
+# Debian tools the tests use, installed when missing: mandoc (man page lint),
+# shellcheck (contrib/init.d), fitsverify (camerad's FITS files), systemd
+# (systemd-analyze for contrib/systemd)
 tools:
-	@command -v mandoc >/dev/null 2>&1 || { \
-	  echo "installing mandoc (man page lint) from Debian"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mandoc >/dev/null; }
-	@command -v shellcheck >/dev/null 2>&1 || { \
-	  echo "installing shellcheck (contrib/init.d lint) from Debian"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; }
-	@command -v systemd-analyze >/dev/null 2>&1 || { \
-	  echo "installing systemd (systemd-analyze for contrib/systemd) from Debian"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
+	@missing=""; \
+	command -v mandoc >/dev/null 2>&1 || missing="$$missing mandoc"; \
+	command -v shellcheck >/dev/null 2>&1 || missing="$$missing shellcheck"; \
+	command -v fitsverify >/dev/null 2>&1 || missing="$$missing fitsverify"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing from Debian:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 demo: $(STAMP)
 	$(PY) -m demo

@@ -27,7 +27,7 @@ import time
 
 from common import runtime
 from common.ratelimit import LogLimiter
-from common.server import LineHandler, ThreadedTCPServer, address_allowed, parse_allow
+from common.server import LineHandler, ThreadedTCPServer, parse_allow
 
 from . import config as C
 from . import protocol as P
@@ -39,7 +39,8 @@ NB_TIMEOUT = 3.0
 
 
 class CommandPortServer(ThreadedTCPServer):
-    """BLKPORT or NBPORT: ALLOW and the connection limit, refusals logged rate-limited.
+    """BLKPORT or NBPORT: ALLOW and the connection limit (refusals are logged
+    rate-limited by the base class).
 
     With ``pooled`` (NBPORT) connections are served by worker threads that
     are kept and reused, never more than the connection limit: a one-shot
@@ -108,33 +109,6 @@ class CommandPortServer(ThreadedTCPServer):
         """Apply ALLOW and the limit (at start and on SIGHUP)."""
         self.allow = parse_allow(allow)
         self.max_connections = max_connections
-
-    def verify_request(self, request, client_address) -> bool:
-        host = client_address[0]
-        if not address_allowed(host, self.allow):
-            self.refused += 1
-            self.limiter.log(
-                f"{self.name}: refused {host} (ALLOW)",
-                logging.WARNING,
-                "%s: refused connection from %s (not in ALLOW)",
-                self.name,
-                host,
-            )
-            return False
-        if self.stopping:
-            return False
-        if self.client_count() >= self.max_connections:
-            self.refused += 1
-            self.limiter.log(
-                f"{self.name}: refused {host} (limit)",
-                logging.WARNING,
-                "%s: refused connection from %s (already %d connections, the limit)",
-                self.name,
-                host,
-                self.max_connections,
-            )
-            return False
-        return True
 
 
 class AsyncSender:

@@ -173,7 +173,7 @@ def test_allow_list_on_both_ports(tmp_path):
             assert s.makefile("rb").readline() == b"yes DONE\n"
             s.close()
         log = (r.logdir).glob("camerad_*.log")
-        assert any("not in ALLOW" in p.read_text() for p in log)
+        assert any("not in allow-list" in p.read_text() for p in log)
         # SIGHUP applies a new ALLOW: now 127.0.0.1 only
         r.write_config(ALLOW="127.0.0.1")
         r.cam.send_signal(signal.SIGHUP)

@@ -9,6 +9,7 @@ re-reads the configuration file.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from common import cli, runtime
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         lockfile=args.lockfile or lockfile_for(cfg),
         log_utc=cfg.log_utc,
     )
-    return runtime.run(Camerad(path, cfg), opts)
+    # absolute now: the daemon works in / and re-reads the file on SIGHUP
+    return runtime.run(Camerad(os.path.abspath(path), cfg), opts)
 
 
 if __name__ == "__main__":

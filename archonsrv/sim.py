@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import os
 import socket
 import sys
 import threading
@@ -1042,6 +1043,9 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_or_exit(build_parser(), argv)
+    # absolute now, so that SIGHUP finds the file whatever the working directory
+    args.file = os.path.abspath(args.file) if args.file else args.file
+    args.config = os.path.abspath(args.config) if args.config else args.config
     return runtime.serve("archonsim", args, ArchonSim)
 
 

@@ -72,6 +72,24 @@ def parse_quietly(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.
         raise ConfigError(msg) from None
 
 
+def absolute_config_paths(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with the option file's path made absolute (resolved now, before a fork)."""
+    flags = [
+        f
+        for action in parser._actions
+        if getattr(action, "is_config_file_arg", False)
+        for f in action.option_strings
+    ]
+    out = list(argv)
+    for i, tok in enumerate(out):
+        if tok in flags and i + 1 < len(out):
+            out[i + 1] = os.path.abspath(out[i + 1])
+        for f in flags:
+            if tok.startswith(f + "="):
+                out[i] = f + "=" + os.path.abspath(tok[len(f) + 1 :])
+    return out
+
+
 class LiveOptions:
     """The options in force, and how to change them on SIGHUP."""
 
@@ -83,8 +101,13 @@ class LiveOptions:
         live: dict[str, Callable[[object], None]] | None = None,
     ) -> None:
         self.parser = parser
-        self.argv = list(argv)
+        # a daemon works in /: a relative option file must be found again on SIGHUP
+        self.argv = absolute_config_paths(parser, argv)
         self.args = args
+        for action in parser._actions:
+            path = getattr(args, action.dest, None)
+            if getattr(action, "is_config_file_arg", False) and isinstance(path, str):
+                setattr(args, action.dest, os.path.abspath(path))
         self.live: dict[str, Callable[[object], None]] = {
             "verbose": lambda v: clog.set_level(clog.verbosity_to_level(int(v or 0))),
             "logfile": lambda path: clog.retarget(path),

@@ -32,6 +32,7 @@ threads, reload configuration, stop) and calls :func:`run` with its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -166,10 +167,21 @@ def run(service: Service, opts: RuntimeOptions) -> int:
         # the daemon works in /, so a relative name must be resolved before the fork
         logfile = os.path.abspath(logfile)
     # Foreground start-up logs to stderr; the log file (if any) is opened too.
+    new_log = bool(logfile) and "%" not in logfile and not os.path.exists(logfile)
     try:
         clog.setup_logging(prog, opts.log_level, logfile, stderr=not opts.daemon, utc=opts.log_utc)
     except OSError as exc:
         _err(prog, f"cannot open log file {logfile}: {exc.strerror}")
+        return EXIT_FAIL
+
+    def refuse(msg: str) -> int:
+        """A start refused before anything ran: say why, leave no empty new log file."""
+        _err(prog, msg)
+        if new_log:
+            clog.setup_logging(prog, opts.log_level, None, stderr=not opts.daemon)
+            with contextlib.suppress(OSError):
+                if os.path.getsize(logfile) == 0:
+                    os.unlink(logfile)
         return EXIT_FAIL
 
     lock = PidLock(opts.lockfile) if opts.lockfile else None
@@ -177,17 +189,14 @@ def run(service: Service, opts: RuntimeOptions) -> int:
         try:
             lock.check()
         except LockError as exc:
-            _err(prog, str(exc))
-            return EXIT_FAIL
+            return refuse(str(exc))
 
     try:
         bound = service.bind()
     except ConfigError as exc:
-        _err(prog, str(exc))
-        return EXIT_FAIL
+        return refuse(str(exc))
     except OSError as exc:
-        _err(prog, f"cannot listen: {exc.strerror or exc}")
-        return EXIT_FAIL
+        return refuse(f"cannot listen: {exc.strerror or exc}")
 
     ready = Readiness(None)
     if opts.daemon:

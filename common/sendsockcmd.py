@@ -7,6 +7,7 @@ The small client that observatory and beamline shell scripts use with
 
 It connects, sends the command with a newline, and prints what comes back
 until the server closes the connection, a line ending in ``DONE`` or
+``ERROR`` (camerad answers a refused set command with ``VALUE ERROR``) or
 starting with ``ERROR`` arrives, the optional idle time passes after the
 first reply bytes, or the timeout (milliseconds) runs out.
 """
@@ -31,7 +32,7 @@ EXIT_CONNECT = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
 
-_END_RE = re.compile(rb"(^|\s)DONE\s*$|^ERROR(\s|$)")
+_END_RE = re.compile(rb"(^|\s)(DONE|ERROR)\s*$|^ERROR(\s|$)")
 
 
 def build_parser():
@@ -88,7 +89,7 @@ def build_parser():
 
 
 def reply_complete(data: bytes) -> bool:
-    """True when the last complete line ends in DONE or starts with ERROR."""
+    """True when the last complete line ends in DONE or ERROR, or starts with ERROR."""
     if not data.endswith(b"\n"):
         return False
     last = data.rstrip(b"\r\n").rsplit(b"\n", 1)[-1].strip()

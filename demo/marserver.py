@@ -8,6 +8,7 @@ client notices except for a pause.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -165,4 +166,5 @@ def run(report) -> None:
             s.close()
         for p in reversed(started):
             procs.stop(p)
+        shutil.rmtree(tmp, ignore_errors=True)
     report.check("marserver stopped cleanly", relay.returncode == 0, f"exit {relay.returncode}")

@@ -349,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"frames, {data.nbytes} bytes{end}",
                     flush=True,
                 )
+                if data.frame_count and len(data.frames) < data.frame_count:
+                    status = 1  # frames announced but never fetched (ended early)
                 if args.output:
                     try:
                         save(data, args, index)

@@ -311,7 +311,8 @@ class SpecService(runtime.Service):
 
     def __init__(self, args) -> None:
         self.args = args
-        self.config_path = args.config or str(DEFAULT_CONFIG)
+        # absolute now: a daemon works in / and re-reads the file on SIGHUP
+        self.config_path = os.path.abspath(args.config or str(DEFAULT_CONFIG))
         cfg = read_config(self.config_path)
         name = args.name or default_name()
         if len(args.startup) > MAX_STARTUP_FILES:

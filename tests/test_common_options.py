@@ -85,3 +85,19 @@ def test_version_option(capsys):
         p.parse_args(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.startswith("prog (beamline-servers) ")
+
+
+def test_a_relative_option_file_is_found_again_from_another_directory(tmp_path, monkeypatch):
+    """A daemon works in /: the file named at start must still be re-read on SIGHUP."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel.conf").write_text("max-clients = 7\n")
+    p = cli.make_parser("prog", "test program", config_option=("--config",))
+    p.add_argument("--max-clients", type=int, default=3)
+    argv = ["--config", "rel.conf"]
+    args = parse_quietly(p, argv)
+    seen = []
+    live = LiveOptions(p, argv, args, {"max_clients": seen.append})
+    monkeypatch.chdir("/")
+    (tmp_path / "rel.conf").write_text("max-clients = 5\n")
+    assert live.reload() == "applied max_clients"
+    assert seen == [5]

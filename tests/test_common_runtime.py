@@ -188,17 +188,21 @@ def test_sighup_reopens_log_file(tmp_path, port, spawn):
     assert wait_for(lambda: logf.exists() and "SIGHUP" in logf.read_text())
 
 
-def test_port_in_use_leaves_no_lock(tmp_path):
+@pytest.mark.parametrize("daemon", [False, True])
+def test_port_in_use_leaves_no_lock_and_no_empty_log(tmp_path, daemon):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         lock = tmp_path / "echod.lock"
+        logf = tmp_path / "echod.log"
         busy_port = busy.getsockname()[1]
-        res = procs.run(MOD, "-p", str(busy_port), "-L", str(lock), timeout=20)
+        args = ["-p", str(busy_port), "-L", str(lock), "-l", str(logf)] + (["-d"] if daemon else [])
+        res = procs.run(MOD, *args, timeout=20)
     assert res.returncode == 1
     # the message names the address that is taken (a program may bind several)
     assert f"cannot listen: 127.0.0.1:{busy_port}: Address already in use" in res.stderr.decode()
     assert not lock.exists()
+    assert not logf.exists(), "a refused start leaves no new empty log file"
 
 
 @pytest.mark.parametrize(

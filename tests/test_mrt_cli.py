@@ -169,6 +169,13 @@ def test_client_command_saves_frames(tmp_path):
         res = procs.run("mrt.client", f"127.0.0.1:{up}", "--raw", "-o", tmp_path / "raw.bin",
                         "--wait", "20")  # fmt: skip
         assert res.returncode == 0, res.stderr
+        # the frames of series 2 were released after that fetch: a second
+        # fetch gets fewer frames than announced, and says so in its status
+        res = procs.run("mrt.client", f"127.0.0.1:{up}", "--raw", "-o", tmp_path / "again.bin",
+                        "--wait", "20")  # fmt: skip
+        assert res.stdout.startswith(b"series 2: "), res.stdout
+        assert not res.stdout.startswith(b"series 2: 3/3"), res.stdout
+        assert res.returncode == 1, res.stderr
     src = FrameSource(30, 20, 32)
     arr = np.load(tmp_path / "s1.npy")
     assert arr.dtype == np.uint32 and (arr == [src.pixels(k) for k in range(3)]).all()

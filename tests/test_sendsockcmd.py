@@ -92,3 +92,31 @@ def test_reply_ends(reply, close, args, expect):
     assert res.stdout == expect
     assert time.monotonic() - t0 < 1.9
     t.join(5)
+
+
+def test_a_value_then_error_line_ends_the_reply(port):
+    """camerad answers a refused set command with ``VALUE ERROR``: that ends
+    the reply (exit 0) instead of waiting out the timeout."""
+    srv = socket.create_server(("127.0.0.1", port))
+    got = []
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            got.append(conn.recv(100))
+            conn.sendall(b"100 ERROR\n")
+            conn.settimeout(30)
+            try:
+                conn.recv(100)  # keep the connection open until the client leaves
+            except OSError:
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        res = procs.run(MOD, "-p", str(port), "-t", "20000", "exptime", "abc")
+    finally:
+        srv.close()
+    t.join(5)
+    assert got == [b"exptime abc\n"]
+    assert (res.returncode, res.stdout) == (0, b"100 ERROR\n")

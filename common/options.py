@@ -114,9 +114,22 @@ class LiveOptions:
         }
         self.live.update(live or {})
 
+    def _spelling(self, dest: str) -> str:
+        """An option's name as an option file spells it (its long option, no dashes)."""
+        for action in self.parser._actions:
+            if action.dest == dest:
+                for opt in action.option_strings:
+                    if opt.startswith("--"):
+                        return opt[2:]
+        return dest
+
     def reload(self) -> str:
         """Re-read the option file; apply live changes; return a summary line."""
-        new = parse_quietly(self.parser, self.argv)
+        try:
+            new = parse_quietly(self.parser, self.argv)
+        except ConfigError as exc:
+            where = getattr(self.args, "config_file", None)
+            raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
         changed = sorted(
             k for k, v in vars(new).items() if k not in IGNORED and getattr(self.args, k, None) != v
         )
@@ -133,6 +146,9 @@ class LiveOptions:
                 raise ConfigError(f"{key}: {exc}") from None
             setattr(self.args, key, value)
             applied.append(key)
+        # name the options as the file spells them (max-clients, not max_clients)
+        applied = [self._spelling(k) for k in applied]
+        restart = [self._spelling(k) for k in restart]
         if restart:
             log.warning(
                 "changed option(s) need a restart, still using the old value: %s",

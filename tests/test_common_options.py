@@ -44,7 +44,7 @@ def test_reload_applies_live_and_names_restart_options(tmp_path, caplog):
     assert seen == [2]
     assert args.max_clients == 2
     assert args.port == 5000, "a restart-only option keeps the value in force"
-    assert "applied max_clients" in summary and "port" in summary
+    assert "applied max-clients" in summary and "port" in summary
     assert any(
         "need a restart" in r.getMessage() and "port" in r.getMessage() for r in caplog.records
     )
@@ -99,5 +99,5 @@ def test_a_relative_option_file_is_found_again_from_another_directory(tmp_path, 
     live = LiveOptions(p, argv, args, {"max_clients": seen.append})
     monkeypatch.chdir("/")
     (tmp_path / "rel.conf").write_text("max-clients = 5\n")
-    assert live.reload() == "applied max_clients"
+    assert live.reload() == "applied max-clients"
     assert seen == [5]

@@ -192,7 +192,7 @@ def test_sighup_reloads_the_option_file(tmp_path, module):
         # a restart-only option is named, not applied
         conf.write_text("allow = [127.0.0.1/32, 127.0.0.2/32]\nbyte-order = big\n")
         hup_and_wait(proc, logf)
-        assert "need a restart" in logf.read_text() and "byte_order" in logf.read_text()
+        assert "need a restart" in logf.read_text() and "byte-order" in logf.read_text()
         with Raw(port) as raw:
             assert raw.ask(1, "get byte_order").text == "little"
     finally:

@@ -91,7 +91,7 @@ def test_marserver_sighup_applies_max_clients_and_keeps_old_on_bad_file(tmp_path
         third.close()
         conf.write_text("max-clients = 3\n")
         hup_and_wait(proc, logf)
-        assert count(logf, "applied max_clients") == 1
+        assert count(logf, "applied max-clients") == 1
         socks.append(connect(stat))
         assert is_open(socks[-1]), "the new limit of 3 is applied"
         conf.write_text("max-clients = none\n")
@@ -155,7 +155,7 @@ def test_marsim_sighup_applies_scan_blocks(tmp_path):
         assert _scan_started(comm, mess).endswith("Started: 4 blocks")
         conf.write_text("scan-blocks = 7\nscan-rate = 1000\n")
         hup_and_wait(proc, logf)
-        assert count(logf, "applied scan_blocks") == 1
+        assert count(logf, "applied scan-blocks") == 1
         assert _scan_started(comm, mess).endswith("Started: 7 blocks")
         conf.write_text("scan-blocks = -1\n")
         hup_and_wait(proc, logf)

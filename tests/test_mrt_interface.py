@@ -125,12 +125,12 @@ def test_udp_allow_list_refuses_counts_and_limits_log_lines(tmp_path, started):
     p.send_signal(signal.SIGHUP)
     assert procs.wait_until(lambda: ping(up) == protocol.Pong().encode(), timeout=10)
     text = read_log(log)
-    assert "applied frame_cache_limit, udp_allow" in text
+    assert "applied frame-cache-limit, udp-allow" in text
     assert re.search(r"(\d{3}) refused", text)  # the reload line counts the refused datagrams
     # a setting that needs a restart is named, and the old value stays
     conf.write_text("udp-allow = [127.0.0.0/8]\nudp-payload-size = 100\n")
     p.send_signal(signal.SIGHUP)
-    assert procs.wait_until(lambda: "need a restart: udp_payload_size" in read_log(log))
+    assert procs.wait_until(lambda: "need a restart: udp-payload-size" in read_log(log))
     # a broken file is rejected as a whole; the server keeps serving
     conf.write_text("no-such-option = 1\n")
     p.send_signal(signal.SIGHUP)

@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("one input is required: --eiger-zmq-host-and-port or --input-h5-file")
         if args.udp_host is None or args.udp_port is None:
             parser.error("--udp-host and --udp-port are required")
+    if args.lockfile is None and (args.daemon or args.kill) and args.udp_port:
+        # a daemon needs a lock file that -k can find without being told
+        args.lockfile = f"/tmp/mr_t-{args.udp_port}.lock"
     service = MrT(
         udp_host=args.udp_host or "127.0.0.1",
         udp_port=args.udp_port or 0,

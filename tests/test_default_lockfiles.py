@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,24 @@ def _specsrv(tmp_path):
     return "specsrv.cli", args, ["-d"], ["-k"], Path(f"/tmp/specsrv-{name}.lock"), port
 
 
-@pytest.mark.parametrize("setup", [_marsim, _specsrv], ids=["marsim", "specsrv"])
+def _mr_t(tmp_path):
+    udp, status = procs.free_port(socket.SOCK_DGRAM), procs.free_port()
+    args = [
+        "--eiger-zmq-host-and-port",
+        f"tcp://127.0.0.1:{procs.free_port()}",
+        "--udp-host",
+        "127.0.0.1",
+        "--udp-port",
+        str(udp),
+        "--status-port",
+        str(status),
+        "-l",
+        str(tmp_path / "log"),
+    ]
+    return "mrt.cli", args, ["-d"], ["-k"], Path(f"/tmp/mr_t-{udp}.lock"), status
+
+
+@pytest.mark.parametrize("setup", [_marsim, _specsrv, _mr_t], ids=["marsim", "specsrv", "mr_t"])
 def test_daemon_default_lock_file_and_kill(tmp_path, setup):
     module, args, daemon, kill, lock, port = setup(tmp_path)
     lock.unlink(missing_ok=True)

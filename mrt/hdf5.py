@@ -645,25 +645,26 @@ class SeriesWriter:
         the series' files to ``NAME.incomplete``, so no partial file is left
         under a final name.  Frames already flushed can still be read back (from
         the renamed files) for clients; no further frame counts as on disk."""
-        self._readable = max(self._readable, self.on_disk)
-        self.on_disk = 0
-        self.closed = True
-        self._close_reader()
-        f, self._data_file, self._dset = self._data_file, None, None
-        if f is not None:
-            try:
-                f.close()
-            except Exception as exc:  # noqa: BLE001 - the file is lost anyway; keep going
-                log.debug("closing after an error: %s", exc)
-        renamed = []
-        for path in [self.master_path, *self.data_paths]:
-            try:
-                if os.path.exists(path):
-                    os.replace(path, path + ".incomplete")
-            except OSError as exc:
-                log.error("hdf5: cannot rename %s away: %s", path, exc)
-            renamed.append(path + ".incomplete")
-        self.data_paths = renamed[1:]
+        with self.lock:  # read_frame (UDP thread) must not see half of this
+            self._readable = max(self._readable, self.on_disk)
+            self.on_disk = 0
+            self.closed = True
+            self._close_reader()
+            f, self._data_file, self._dset = self._data_file, None, None
+            if f is not None:
+                try:
+                    f.close()
+                except Exception as exc:  # noqa: BLE001 - the file is lost anyway; keep going
+                    log.debug("closing after an error: %s", exc)
+            renamed = []
+            for path in [self.master_path, *self.data_paths]:
+                try:
+                    if os.path.exists(path):
+                        os.replace(path, path + ".incomplete")
+                except OSError as exc:
+                    log.error("hdf5: cannot rename %s away: %s", path, exc)
+                renamed.append(path + ".incomplete")
+            self.data_paths = renamed[1:]
 
 
 # -- reading frames back (replay) ---------------------------------------------------

@@ -50,6 +50,8 @@ U32_MAX = 0xFFFFFFFF
 NO_FRAMES_ENDED = U32_MAX
 
 _PONG = struct.Struct(">BII")
+#: the largest UDP payload over IPv4; a pong must fit into one datagram
+MAX_DATAGRAM = 65507
 _XPONG = struct.Struct(">BIBHHIH")
 _REQ = struct.Struct(">BII")
 _REPLY = struct.Struct(">BIIII")
@@ -99,7 +101,7 @@ class ExtendedPong:
     name: str = ""
 
     def encode(self) -> bytes:
-        name = self.name.encode("latin-1", "ignore")[:0xFFFF]
+        name = self.name.encode("latin-1", "ignore")[: MAX_DATAGRAM - _XPONG.size]
         return (
             _XPONG.pack(
                 PONG,
@@ -120,8 +122,9 @@ class JsonPong:
 
     ``encode`` writes the object as the upstream does, a JSON string holding
     the object's JSON ("double-encoded"); ``decode_reply`` accepts that and a
-    plain JSON object.  A name that would make the text longer than a u16 is
-    shortened.  No series: the 11-byte header with length 0.
+    plain JSON object.  A name that would make the pong longer than one UDP
+    datagram (:data:`MAX_DATAGRAM`) is cut to the longest prefix that fits.
+    No series: the 11-byte header with length 0.
     """
 
     series_id: int = 0
@@ -147,15 +150,24 @@ class JsonPong:
         if self.series_id == 0:
             return _JPONG.pack(PONG, 0, 0, 0)
         meta = self.metadata()
-        text = b""
-        for _ in range(3):
-            text = json.dumps(json.dumps(meta)).encode("latin-1")
-            if len(text) <= 0xFFFF:
-                break
-            meta["name"] = meta["name"][: max(0, len(meta["name"]) - (len(text) - 0xFFFF) - 8)]
-        if len(text) > 0xFFFF:  # a mask path this long: drop the strings
+        limit = MAX_DATAGRAM - _JPONG.size
+
+        def text_of(m: dict) -> bytes:
+            return json.dumps(json.dumps(m)).encode("latin-1")  # ASCII: escapes inside
+
+        text = text_of(meta)
+        if len(text) > limit:
+            # the longest prefix of the name that fits (by its escaped length)
+            name, lo, hi = meta["name"], 0, len(meta["name"])
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                meta["name"] = name[:mid]
+                lo, hi = (mid, hi) if len(text_of(meta)) <= limit else (lo, mid - 1)
+            meta["name"] = name[:lo]
+            text = text_of(meta)
+        if len(text) > limit:  # a mask path this long: drop the strings
             meta["name"], meta["mask_path"] = "", ""
-            text = json.dumps(json.dumps(meta)).encode("latin-1")
+            text = text_of(meta)
         return _JPONG.pack(PONG, self.series_id, self.frame_count, len(text)) + text
 
 

@@ -449,3 +449,14 @@ def test_frame_count_follows_the_trigger_mode(mode, nimages, ntrigger, count):
     s = SeriesStore()
     s.on_stream(h)
     assert pong(s) == Pong(1, count).encode()
+
+
+@pytest.mark.parametrize("name", ["x" * 70000, "\u00e9" * 30000, "\u20ac" * 20000])
+def test_pongs_of_long_names_fit_one_datagram(name):
+    """A pong never exceeds the largest UDP payload; the name is cut, not dropped."""
+    j = protocol.JsonPong(7, 10, name=name, width=4, height=2, bits=16).encode()
+    assert len(j) <= protocol.MAX_DATAGRAM
+    back = protocol.decode_reply(j, "json")
+    assert back.name and name.startswith(back.name)
+    x = protocol.ExtendedPong(7, 10, bits=16, width=4, height=2, name=name).encode()
+    assert len(x) <= protocol.MAX_DATAGRAM

@@ -314,3 +314,14 @@ def test_deep_nesting_is_an_error_not_a_crash(env, src):
     with pytest.raises(SpecError):
         run(it, src)
     assert run(it, "1+1")[0] == 2.0
+
+
+def test_a_data_directory_of_root_allows_no_file(env, tmp_path):
+    """A service started in / without --data-dir: no client may write any file."""
+    it, _ = env
+    it.data_dir = "/"
+    for name in ("/tmp/x.dat", "home/specadm/.profile", "x.dat"):
+        with pytest.raises(SpecError, match="no data directory"):
+            it.file_path(name)
+    it.data_dir = str(tmp_path)
+    assert it.file_path("x.dat") == str(tmp_path / "x.dat")

@@ -211,13 +211,19 @@ class Interp:
         """The file a client names, confined to the data directory.
 
         Relative names are taken relative to ``data_dir``; a name (after
-        symbolic links) outside it is refused.  ``/dev/null`` is allowed.
+        symbolic links) outside it is refused.  ``/dev/null`` is allowed.  A
+        data directory of ``/`` (a service started in / without
+        ``--data-dir``) allows no file at all.
         """
         if name == "/dev/null":
             return name
         if not name or "\0" in name or len(name) > 4096:
             raise SpecError("Bad file name.")
         root = os.path.realpath(self.data_dir)
+        if root == "/":
+            # a service started in / (systemd, init scripts) without --data-dir:
+            # confinement to / would be none at all
+            raise SpecError(f'Can\'t open "{name}": no data directory (specsrv --data-dir DIR).')
         full = os.path.realpath(os.path.join(root, name))
         if full != root and not full.startswith(root.rstrip("/") + "/"):
             raise SpecError(f'Can\'t open "{name}": outside the data directory.')

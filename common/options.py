@@ -143,7 +143,11 @@ class LiveOptions:
             try:
                 apply(value)
             except (ValueError, OSError) as exc:
-                raise ConfigError(f"{key}: {exc}") from None
+                done = ", ".join(self._spelling(k) for k in applied)
+                raise ConfigError(
+                    f"{self._spelling(key)}: {exc}"
+                    + (f" (already applied before it: {done})" if done else "")
+                ) from None
             setattr(self.args, key, value)
             applied.append(key)
         # name the options as the file spells them (max-clients, not max_clients)

@@ -8,9 +8,12 @@ address: ``"bad line from 10.0.0.7"``), counts the rest, and writes one
 summary line (``N more ... suppressed``) when the period ends.
 
 Memory is bounded: at most ``max_keys`` keys are tracked; the key seen least
-recently is forgotten first (its pending count is summarised then).  The
-defaults, used by every program of the suite, are 5 lines per key per 60 s
-and 1024 keys.
+recently is forgotten first (its pending count is summarised then).  Because
+a key usually holds a peer address, and UDP source addresses are easy to
+forge, there is also a budget over all keys together: at most ``total`` lines
+per period, the rest counted and summarised as ``(all peers)``.  The
+defaults, used by every program of the suite, are 5 lines per key, 100 lines
+in all, per 60 s, and 1024 keys.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from collections import OrderedDict
 BURST = 5
 PERIOD = 60.0
 MAX_KEYS = 1024
+TOTAL = 100
+ALL = "(all peers)"
 
 
 class LogLimiter:
@@ -35,15 +40,19 @@ class LogLimiter:
         period: float = PERIOD,
         max_keys: int = MAX_KEYS,
         clock=time.monotonic,
+        total: int = TOTAL,
     ) -> None:
-        if burst < 1 or period <= 0 or max_keys < 1:
-            raise ValueError("burst and max_keys must be >= 1 and period > 0")
+        if burst < 1 or period <= 0 or max_keys < 1 or total < 1:
+            raise ValueError("burst, total and max_keys must be >= 1 and period > 0")
         self.logger = logger
         self.burst, self.period, self.max_keys = burst, period, max_keys
         self._clock = clock
         # key -> [window start, lines in window, suppressed in window, level]
         self._state: OrderedDict[str, list] = OrderedDict()
         self._lock = threading.Lock()
+        self.total = total
+        # over all keys: [window start, lines in window, suppressed in window, level]
+        self._all = [clock(), 0, 0, logging.DEBUG]
         self.suppressed_total = 0
 
     def log(self, key: str, level: int, msg: str, *args) -> bool:
@@ -70,6 +79,18 @@ class LogLimiter:
             if not passed:
                 st[2] += 1
                 self.suppressed_total += 1
+            else:
+                g = self._all
+                if now - g[0] >= self.period:
+                    if g[2]:
+                        summaries.append((g[3], ALL, g[2]))
+                    g[:] = [now, 0, 0, logging.DEBUG]
+                g[1] += 1
+                if g[1] > self.total:
+                    passed = False
+                    g[2] += 1
+                    g[3] = max(g[3], level)
+                    self.suppressed_total += 1
         for lvl, k, n in summaries:
             self.logger.log(lvl, "%d more '%s' messages suppressed", n, k)
         if passed:
@@ -85,6 +106,10 @@ class LogLimiter:
                 st = self._state.pop(key)
                 if st[2]:
                     out.append((st[3], key, st[2]))
+            g = self._all
+            if now - g[0] >= self.period and g[2]:
+                out.append((g[3], ALL, g[2]))
+                g[:] = [now, 0, 0, logging.DEBUG]
         for lvl, k, n in out:
             self.logger.log(lvl, "%d more '%s' messages suppressed", n, k)
         return len(out)

@@ -149,11 +149,14 @@ def test_junk_flood_keeps_the_log_small(tmp_path):
 def test_junk_flood_summary_says_suppressed(caplog):
     dev = make_device(SimMca, "-n", "16")
     with inproc(dev) as srv:
-        srv.shared.limiter = LogLimiter(logging.getLogger("specsrv.hdw.session"), period=0.3)
+        now = [0.0]  # the limiter's clock, moved by the test (no real waiting)
+        srv.shared.limiter = LogLimiter(
+            logging.getLogger("specsrv.hdw.session"), period=60.0, clock=lambda: now[0]
+        )
         with caplog.at_level(logging.INFO), Raw(srv.port) as raw:
             raw.send(b"garbage\n" * 200)
             assert raw.ask(1, "get_status").ok
-            time.sleep(0.4)  # the limiter's period ends
+            now[0] += 61.0  # the limiter's period ends
             raw.send(b"more garbage\n")
             assert raw.ask(2, "get_status").ok
         text = caplog.text

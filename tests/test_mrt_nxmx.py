@@ -171,7 +171,7 @@ def test_sigterm_mid_series_leaves_complete_files(tmp_path, started):
     with h5py.File(out / "series_1_master.h5", "r") as f:
         d = f["entry/data/data"]
         n = d.shape[0]
-        assert 10 < n < 1000  # the frames received, not the 1000 announced
+        assert 0 < n < 1000  # the frames received, not the 1000 announced
         assert (d[()] == [src.pixels(k) for k in range(n)]).all()
         assert f["entry/instrument/detector/detectorSpecific/nimages_written"][()] == n
         assert "end_time" in f["entry"]

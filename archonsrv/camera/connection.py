@@ -59,7 +59,7 @@ def isopen(cam: Camera, args: str) -> str:
 
 
 def confined_path(cam: Camera, name: str, what: str) -> str:
-    """``name`` (relative to the configuration file) if it lies in FIRMWARE_DIRS.
+    """``name`` (relative to the configuration file), resolved, if it lies in FIRMWARE_DIRS.
 
     The check is on the resolved path (symbolic links and ``..`` followed),
     so no spelling reaches outside; the error names the path the client
@@ -73,7 +73,7 @@ def confined_path(cam: Camera, name: str, what: str) -> str:
     if real is not None:
         for d in cam.cfg.firmware_dirs():
             if real.is_relative_to(d):
-                return str(path)
+                return str(real)  # the checked path itself, not a name a link may move
     cam.limiter.log(
         f"{what} outside FIRMWARE_DIRS", logging.WARNING, "refused %s %s", what, name[:200]
     )
@@ -326,7 +326,9 @@ def systemfile(cam: Camera, args: str) -> str:
     body = "[SYSTEM]\n" + "".join(f"{k}={v}\n" for k, v in kv.items())
     tmp = f"{target}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w", encoding="ascii") as fh:
+        # a new file, never through a link planted under the temporary name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with open(fd, "w", encoding="ascii") as fh:
             fh.write(body)
         os.replace(tmp, target)
     except OSError as exc:

@@ -132,16 +132,28 @@ def udp_pong(port: int, junk: list[bytes] = ()):
         return None
 
 
-def test_marserver_command_port_survives_any_bytes(marsim_and_marserver):
-    srv, cbase = marsim_and_marserver
-    start = rss(srv.pid)
-
+def fuzz_live(proc, strategy, example) -> None:
+    """Run ``example`` on every value hypothesis draws from ``strategy``; then
+    the process must be alive, having run the examples, with bounded memory."""
+    start = rss(proc.pid)
     runs = []
 
     @EXAMPLES
-    @given(JUNK)
-    def check(parts):
+    @given(strategy)
+    def check(value):
         runs.append(1)
+        example(value)
+
+    check()
+    assert len(runs) >= 20, "hypothesis ran the examples"
+    assert proc.poll() is None
+    assert rss(proc.pid) - start < RSS_GROWTH
+
+
+def test_marserver_command_port_survives_any_bytes(marsim_and_marserver):
+    srv, cbase = marsim_and_marserver
+
+    def example(parts):
         send_junk(cbase + int(P.Port.COMM), parts)
         stat = connect(cbase + int(P.Port.STAT))
         try:
@@ -149,46 +161,25 @@ def test_marserver_command_port_survives_any_bytes(marsim_and_marserver):
         finally:
             stat.close()
 
-    check()
-    assert len(runs) >= 20, "hypothesis ran the examples"
-    assert srv.poll() is None
-    assert rss(srv.pid) - start < RSS_GROWTH
+    fuzz_live(srv, JUNK, example)
 
 
 def test_server_hdw_survives_any_bytes(mca_server):
     proc, port = mca_server
-    start = rss(proc.pid)
 
-    runs = []
-
-    @EXAMPLES
-    @given(JUNK)
-    def check(parts):
-        runs.append(1)
+    def example(parts):
         send_junk(port, parts)
         with socket.create_connection((HOST, port), timeout=5) as s:
             s.sendall(b"=: 7 get_status\n")
             assert s.recv(100).startswith(b"@: 7 "), "an honest client is served"
 
-    check()
-    assert len(runs) >= 20, "hypothesis ran the examples"
-    assert proc.poll() is None
-    assert rss(proc.pid) - start < RSS_GROWTH
+    fuzz_live(proc, JUNK, example)
 
 
 def test_mr_t_udp_port_survives_any_datagrams(mr_t):
     proc, port = mr_t
-    start = rss(proc.pid)
 
-    runs = []
-
-    @EXAMPLES
-    @given(st.lists(st.binary(min_size=1, max_size=1400), min_size=1, max_size=8))
-    def check(datagrams):
-        runs.append(1)
+    def example(datagrams):
         assert udp_pong(port, datagrams) is not None, "a ping is answered after junk"
 
-    check()
-    assert len(runs) >= 20, "hypothesis ran the examples"
-    assert proc.poll() is None
-    assert rss(proc.pid) - start < RSS_GROWTH
+    fuzz_live(proc, st.lists(st.binary(min_size=1, max_size=1400), min_size=1, max_size=8), example)

@@ -81,6 +81,13 @@ def choice_setting(cam: Camera, attr: str, args: str, choices: tuple[str, str]) 
     return getattr(cam, attr)
 
 
+def int_setting(cam: Camera, attr: str, args: str, what: str, lo: int, hi: int) -> str:
+    """Set the whole-number setting ``attr`` (``lo``..``hi``) if given; reply its value."""
+    if args:
+        setattr(cam, attr, int_arg(args, what, lo, hi))
+    return str(getattr(cam, attr))
+
+
 @command("fitsnaming")
 def fitsnaming(cam: Camera, args: str) -> str:
     return choice_setting(cam, "fitsnaming", args, ("time", "number"))
@@ -88,16 +95,12 @@ def fitsnaming(cam: Camera, args: str) -> str:
 
 @command("imnum")
 def imnum(cam: Camera, args: str) -> str:
-    if args:
-        cam.imnum = int_arg(args, "image number", 0, 2**31 - 1)
-    return str(cam.imnum)
+    return int_setting(cam, "imnum", args, "image number", 0, 2**31 - 1)
 
 
 @command("hdrshift")
 def hdrshift(cam: Camera, args: str) -> str:
-    if args:
-        cam.hdrshift = int_arg(args, "hdrshift", 0, 31)
-    return str(cam.hdrshift)
+    return int_setting(cam, "hdrshift", args, "hdrshift", 0, 31)
 
 
 @command("writekeys")
@@ -107,9 +110,7 @@ def writekeys(cam: Camera, args: str) -> str:
 
 @command("preexposures")
 def preexposures(cam: Camera, args: str) -> str:
-    if args:
-        cam.preexposures = int_arg(args, "preexposures", 0, 1000)
-    return str(cam.preexposures)
+    return int_setting(cam, "preexposures", args, "preexposures", 0, 1000)
 
 
 @command("imdir")

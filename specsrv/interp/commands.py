@@ -40,6 +40,11 @@ def command(*names: str, usage: str = ""):
     return deco
 
 
+def usage_error(cmd: str) -> SpecError:
+    """spec's usage message for word command ``cmd``, from the command table."""
+    return SpecError(f"Usage:  {COMMANDS[cmd].usage}")
+
+
 @command("mv", "umv", "mvr", "umvr", usage="NAME motor position [motor position ...]")
 def _mv(it, cmd: str, words: list[str]) -> None:
     if not words or len(words) % 2:
@@ -98,7 +103,7 @@ def _wa(it, cmd, words) -> None:
 def _wm(it, cmd, words) -> None:
     motors = [it.word_motor(w) for w in words] if words else it.hw.motors
     if cmd == "wm" and not words:
-        raise SpecError("Usage:  wm motor [motor ...]")
+        raise usage_error(cmd)
     it.getangles()
     it.write(limits_table(motors))
 
@@ -123,7 +128,7 @@ def _ct(it, cmd, words) -> None:
 @command("set", usage="set motor new_user_value")
 def _set(it, cmd, words) -> None:
     if len(words) != 2:
-        raise SpecError("Usage:  set motor new_user_value")
+        raise usage_error(cmd)
     m = it.word_motor(words[0])
     it.hw.set_user(m.mne, to_num(it.eval_word(words[1])))
     it.getangles()
@@ -133,7 +138,7 @@ def _set(it, cmd, words) -> None:
 @command("set_dial", usage="set_dial motor new_dial_value")
 def _set_dial(it, cmd, words) -> None:
     if len(words) != 2:
-        raise SpecError("Usage:  set_dial motor new_dial_value")
+        raise usage_error(cmd)
     m = it.word_motor(words[0])
     it.hw.set_dial(m.mne, to_num(it.eval_word(words[1])))
     it.getangles()
@@ -143,7 +148,7 @@ def _set_dial(it, cmd, words) -> None:
 @command("set_lm", usage="set_lm motor low high")
 def _set_lm(it, cmd, words) -> None:
     if len(words) != 3:
-        raise SpecError("Usage:  set_lm motor low high")
+        raise usage_error(cmd)
     m = it.word_motor(words[0])
     it.hw.set_limits(m.mne, to_num(it.eval_word(words[1])), to_num(it.eval_word(words[2])))
     lo, hi = m.user_limits()

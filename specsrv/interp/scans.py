@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from ..motors import MotionError
-from .commands import COMMANDS, command
+from .commands import COMMANDS, command, usage_error
 from .values import DataArray, SpecError, to_num, to_str
 
 #: rows of SCAN_D kept for an endless timescan (older rows scroll out)
@@ -90,7 +90,7 @@ def _scan_file_facts(path: str) -> tuple[int, int]:
 @command("newfile", usage="newfile filename [scan_number]")
 def _newfile(it, cmd, words) -> None:
     if not words or len(words) > 2:
-        raise SpecError("Usage:  newfile filename [scan_number]")
+        raise usage_error(cmd)
     name = to_str(it.eval_word(words[0])) if words[0][0] in "\"'" else words[0]
     path = it.file_path(name)
     shown = name
